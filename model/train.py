@@ -1,0 +1,251 @@
+"""Leave-one-domain-out training of the multi-task network (Lightning).
+
+    python -m model.train --manifest ../shared/data/amibr/manifest.csv --split train \
+        --preset seed001 --out runs/amibr-seed001
+
+One fold per domain (validation = that domain); each fold writes ``<out>/<fold>/``: Lightning checkpoints
+every epoch (``ckpt/last.ckpt``, ``ckpt/best.ckpt``), ``metrics.csv`` (per-epoch losses, BA, AUROC,
+patches/s), and, when the fold finishes, ``model.safetensors`` + ``config.json`` (see checkpoint.py).
+``--resume`` skips finished folds and continues an interrupted one from ``ckpt/last.ckpt``.
+CPU runs use bf16 autocast + channels_last; GPUs use AMP; several GPUs use Lightning's DDP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
+
+from model.augment import augment
+from model.checkpoint import WEIGHTS_FILE, load_weights_only, save_checkpoint
+from model.data import FORMATS, PatchSet, load_patches
+from model.folds import Fold, lodo_folds
+from model.losses import binary_dice_loss, inverse_frequency_weights, multiclass_dice_loss, weighted_bce
+from model.masks import generate_masks, load_masks
+from model.network import MultiTaskNet
+from model.recipe import PRESETS, Recipe
+
+SELECT = {"val_loss": ("val/loss", "min"), "val_ba": ("val/ba", "max")}
+
+
+class MitosisTask(L.LightningModule):
+    """Wraps :class:`MultiTaskNet` with the seed-001 loss, augmentation and validation metrics."""
+
+    def __init__(self, recipe: dict, class_weights: tuple[float, float], steps_per_epoch: int) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.recipe = Recipe.from_dict(recipe)
+        self.class_weights = tuple(class_weights)
+        self.steps_per_epoch = steps_per_epoch
+        self.net = MultiTaskNet(self.recipe.network).to(memory_format=torch.channels_last)
+        self._val_probs: list[torch.Tensor] = []
+        self._val_labels: list[torch.Tensor] = []
+
+    @staticmethod
+    def to_input(images: torch.Tensor) -> torch.Tensor:
+        """uint8 [N,H,W,3] -> float [N,3,H,W] in [0,1], channels_last memory."""
+        return images.permute(0, 3, 1, 2).float().div_(255).contiguous(memory_format=torch.channels_last)
+
+    def losses(self, out: dict, labels: torch.Tensor, pix: torch.Tensor) -> dict[str, torch.Tensor]:
+        w_cls, w_seg, w_pix = self.recipe.loss_weights
+        parts = {"bce": weighted_bce(out["logit"], labels, self.class_weights)}
+        total = w_cls * parts["bce"]
+        if "seg" in out:
+            parts["dice_seg"] = binary_dice_loss(out["seg"], pix > 0)
+            parts["dice_pix"] = multiclass_dice_loss(out["pix"], pix)
+            total = total + w_seg * parts["dice_seg"] + w_pix * parts["dice_pix"]
+        parts["loss"] = total
+        return parts
+
+    def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
+        images, pix, labels = batch
+        x, pix = augment(self.to_input(images), pix, self.recipe.augment)
+        parts = self.losses(self.net(x.contiguous(memory_format=torch.channels_last)), labels, pix)
+        self.log_dict({f"train/{k}": v for k, v in parts.items()}, on_step=False, on_epoch=True,
+                      batch_size=len(labels), sync_dist=True)
+        return parts["loss"]
+
+    def validation_step(self, batch: tuple, batch_idx: int) -> None:
+        images, pix, labels = batch
+        out = self.net(self.to_input(images))
+        parts = self.losses(out, labels, pix)
+        self.log_dict({f"val/{k}": v for k, v in parts.items()}, on_epoch=True, batch_size=len(labels),
+                      sync_dist=True)
+        self._val_probs.append(torch.sigmoid(out["logit"].float()).detach())
+        self._val_labels.append(labels.detach())
+
+    def on_validation_epoch_end(self) -> None:
+        probs = self.all_gather(torch.cat(self._val_probs)).reshape(-1).cpu().numpy()
+        labels = self.all_gather(torch.cat(self._val_labels)).reshape(-1).cpu().numpy() >= 0.5
+        self._val_probs.clear()
+        self._val_labels.clear()
+        ba = balanced_accuracy_score(labels, probs >= 0.5)
+        auroc = roc_auc_score(labels, probs) if 0 < labels.sum() < len(labels) else float("nan")
+        self.log_dict({"val/ba": float(ba), "val/auroc": float(auroc)}, sync_dist=False)
+
+    def configure_optimizers(self):
+        r = self.recipe
+        opt = torch.optim.Adam(self.net.parameters(), lr=r.lr, weight_decay=r.weight_decay)
+        if r.schedule == "constant":
+            return opt
+        if r.schedule != "cosine":
+            raise ValueError(f"unknown schedule {r.schedule!r} (constant | cosine)")
+        total = max(1, r.epochs * self.steps_per_epoch)
+        warm = int(r.warmup_epochs * self.steps_per_epoch)
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class Throughput(Callback):
+    """Logs training patches/s and epoch wall time into metrics.csv."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._start, self._seen = time.perf_counter(), 0
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self._seen += len(batch[2])
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        dt = time.perf_counter() - self._start
+        module.log_dict({"perf/train_patches_per_s": self._seen / dt, "perf/train_epoch_s": dt})
+
+
+def tensors(ps: PatchSet, masks: np.ndarray) -> TensorDataset:
+    """uint8 images, pixel-class targets (0 background, 1 normal, 2 atypical), float labels."""
+    pix = masks.astype(np.uint8) * (1 + ps.labels[:, None, None]).astype(np.uint8)
+    return TensorDataset(torch.from_numpy(ps.images), torch.from_numpy(pix), torch.from_numpy(ps.labels.astype(np.float32)))
+
+
+def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray, recipe: Recipe, out: Path, *, resume: bool,
+               accelerator: str, devices: str | int, precision: str | None, max_steps: int = -1,
+               limit_val_batches: float | int = 1.0, progress: bool = True) -> Path:
+    """Train one fold; returns its folder (with model.safetensors + config.json)."""
+    folder = out / fold.name
+    if resume and (folder / WEIGHTS_FILE).is_file():
+        print(f"[{fold.name}] finished earlier, skipped")
+        return folder
+    train_idx, val_idx, _ = fold.indices(data.domains)
+    train, val = data.subset(train_idx), data.subset(val_idx)
+    weights = inverse_frequency_weights(train.labels)
+    L.seed_everything(recipe.seed, workers=True, verbose=False)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    train_set = tensors(train, masks[train_idx])
+    if recipe.balanced_sampling:
+        sample_w = np.where(train.labels == 1, weights[1], weights[0])
+        loader = DataLoader(train_set, recipe.batch_size, drop_last=True, generator=gen,
+                            sampler=WeightedRandomSampler(sample_w.tolist(), len(train), generator=gen))
+    else:
+        loader = DataLoader(train_set, recipe.batch_size, shuffle=True, drop_last=True, generator=gen)
+    val_loader = DataLoader(tensors(val, masks[val_idx]), 64)
+    module = MitosisTask(recipe.to_dict(), weights, len(loader))
+    monitor, mode = SELECT[recipe.select]
+    best = ModelCheckpoint(folder / "ckpt", filename="best", monitor=monitor, mode=mode, save_last=True,
+                           save_top_k=1, enable_version_counter=False)
+    on_gpu = accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
+    trainer = L.Trainer(
+        max_epochs=recipe.epochs, max_steps=max_steps, accelerator=accelerator, devices=devices,
+        precision=precision or "bf16-mixed", deterministic="warn" if on_gpu else True,
+        logger=CSVLogger(folder, name="", version=""), callbacks=[best, Throughput()],
+        num_sanity_val_steps=0, limit_val_batches=limit_val_batches, log_every_n_steps=10,
+        enable_progress_bar=progress, enable_model_summary=False,
+    )
+    last = folder / "ckpt" / "last.ckpt"
+    trainer.fit(module, loader, val_loader, ckpt_path=last if resume and last.is_file() else None,
+                weights_only=True)
+    if trainer.global_rank != 0:
+        return folder
+    state = load_weights_only(best.best_model_path or last)
+    module.net.load_state_dict({k.removeprefix("net."): v for k, v in state["state_dict"].items()})
+    selected = {k: float(v) for k, v in trainer.callback_metrics.items()} if not best.best_model_path else None
+    meta = {
+        "fold": fold.to_dict(), "recipe": recipe.to_dict(), "class_weights": weights, "threshold": 0.5,
+        "selected_epoch": int(state["epoch"]), "selected_on": monitor,
+        "selected_score": float(best.best_model_score) if best.best_model_score is not None else selected,
+        "data": {"train": int(len(train)), "val": int(len(val)),
+                 "train_atypical": int(train.labels.sum()), "val_atypical": int(val.labels.sum())},
+    }
+    save_checkpoint(folder, module.net.float(), meta)
+    print(f"[{fold.name}] selected epoch {meta['selected_epoch']} ({monitor} = {meta['selected_score']})")
+    return folder
+
+
+def build_recipe(args: argparse.Namespace) -> Recipe:
+    recipe = PRESETS[args.preset]
+    overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "select", "seed") if getattr(args, k) is not None}
+    recipe = replace(recipe, **overrides)
+    if args.backbone:
+        recipe = replace(recipe, network=replace(recipe.network, backbone=args.backbone))
+    if args.pretrained:
+        recipe = replace(recipe, network=replace(recipe.network, pretrained=True if args.pretrained == "hub" else args.pretrained))
+    return recipe.single_task() if args.single_task else recipe
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--manifest", required=True, help="CSV manifest, or a class-folder root with --format folders")
+    p.add_argument("--format", default="amibr", choices=[*FORMATS, "folders"])
+    p.add_argument("--root", help="folder the manifest's paths are relative to (default: the manifest's)")
+    p.add_argument("--split", help="use only rows of this split (e.g. train)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--preset", default="seed001", choices=sorted(PRESETS))
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--select", choices=sorted(SELECT))
+    p.add_argument("--seed", type=int)
+    p.add_argument("--backbone", help="timm CNN name with features_only support (default resnetv2_50)")
+    p.add_argument("--pretrained", help="'hub' for timm's weights, or a local weights file")
+    p.add_argument("--single-task", action="store_true", help="decoders off (ablation)")
+    p.add_argument("--folds", help="comma-separated validation domains to run (default: all)")
+    p.add_argument("--hold-out-test", action="store_true", help="each fold also holds the next domain out for test")
+    p.add_argument("--masks", help="folder of masks made elsewhere (default: built-in generator)")
+    p.add_argument("--cache", default="cache", help="mask cache folder")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--devices", default="auto")
+    p.add_argument("--precision", help="Lightning precision (default bf16-mixed)")
+    p.add_argument("--max-steps", type=int, default=-1, help="stop each fold after this many steps (smoke runs)")
+    p.add_argument("--limit-val-batches", type=float, default=1.0)
+    args = p.parse_args(argv)
+
+    recipe = build_recipe(args)
+    data = load_patches(args.manifest, args.format, args.root)
+    if args.split:
+        data = data.where(split=args.split)
+    print(f"{len(data)} patches, {int(data.labels.sum())} atypical, domains {sorted(set(data.domains))}")
+    if args.masks:
+        masks = load_masks(args.masks, data.paths, args.root or Path(args.manifest).parent)
+    else:
+        masks = generate_masks(data.images, args.cache)
+    folds = lodo_folds(data.domains, args.hold_out_test)
+    if args.folds:
+        wanted = args.folds.split(",")
+        folds = [f for f in folds if f.val_domain in wanted]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
+    limit_val = int(args.limit_val_batches) if args.limit_val_batches > 1 else args.limit_val_batches
+    for fold in folds:
+        train_fold(fold, data, masks, recipe, args.out, resume=args.resume, accelerator=args.accelerator,
+                   devices=args.devices, precision=args.precision, max_steps=args.max_steps,
+                   limit_val_batches=limit_val)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""The training side end to end on the 16-patch fixture: learn, checkpoint, resume, evaluate, export."""
+
+from __future__ import annotations
+
+import csv
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from model import evaluate, export, train
+from model.checkpoint import load_network, load_weights_only, save_checkpoint
+from model.data import load_patches
+from model.masks import generate_masks
+from model.network import MultiTaskNet, NetworkConfig
+from model.recipe import Recipe
+from model.augment import AugmentConfig
+
+FIXTURE = Path(__file__).parent / "fixtures" / "amibr"
+SMALL = NetworkConfig(backbone="resnetv2_18", head_hidden=(32, 16), decoder_channels=(32, 16, 8))
+
+
+@pytest.fixture(scope="module")
+def patches():
+    return load_patches(FIXTURE / "manifest.csv", "amibr")
+
+
+def test_a_few_training_steps_lower_the_loss(patches):
+    torch.manual_seed(0)
+    recipe = Recipe(lr=1e-3, network=SMALL, augment=AugmentConfig(d4=False, rotation_deg=0, stain_scale=0,
+                                                                 stain_shift=0, brightness=0, contrast=0))
+    task = train.MitosisTask(recipe.to_dict(), (1.0, 1.0), steps_per_epoch=1)
+    batch = train.tensors(patches, generate_masks(patches.images)).tensors
+    opt = torch.optim.Adam(task.net.parameters(), lr=recipe.lr)
+    losses = []
+    for _ in range(8):
+        loss = task.losses(task.net(task.to_input(batch[0])), batch[2], batch[1])["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.9 * losses[0] and sum(b < a for a, b in zip(losses, losses[1:])) >= 6, losses
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
+    torch.manual_seed(0)
+    net = MultiTaskNet(SMALL).eval()
+    save_checkpoint(tmp_path, net, {"threshold": 0.4})
+    loaded, config = load_network(tmp_path)
+    x = torch.rand(3, 3, 128, 128)
+    with torch.inference_mode():
+        a, b = net(x), loaded(x)
+    for k in a:
+        assert torch.equal(a[k], b[k])
+    assert config["threshold"] == 0.4 and config["network"]["backbone"] == "resnetv2_18"
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_a_malicious_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": _Exploit()}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        load_weights_only(path)
+
+
+def test_cli_trains_all_folds_resumes_evaluates_and_exports(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--manifest", str(FIXTURE / "manifest.csv"), "--split", "train", "--out", str(out), "--epochs", "2",
+            "--batch-size", "4", "--backbone", "resnetv2_18", "--cache", str(tmp_path / "cache"), "--seed", "3"]
+    train.main(args)
+    folds = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert len(folds) == 4 and all(f.startswith("val-") for f in folds)
+    fold = out / folds[0]
+    rows = list(csv.DictReader((fold / "metrics.csv").open()))
+    assert {r["epoch"] for r in rows} == {"0", "1"} and any(r["val/ba"] for r in rows) and any(r["perf/train_patches_per_s"] for r in rows)
+    config = json.loads((fold / "config.json").read_text())
+    assert config["fold"]["val_domain"] not in config["fold"]["train_domains"] and config["selected_on"] == "val/loss"
+    stamp = (fold / "model.safetensors").stat().st_mtime_ns
+    train.main(args + ["--resume"])  # finished folds are skipped
+    assert (fold / "model.safetensors").stat().st_mtime_ns == stamp
+    assert "finished earlier, skipped" in capsys.readouterr().out
+
+    evaluate.main([str(out), "--manifest", str(FIXTURE / "manifest.csv"), "--out", str(tmp_path / "report")])
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert set(report["models"]) == set(folds) | {"vote (4 folds)"}
+    assert {"all", "tupac16"} <= set(report["models"]["vote (4 folds)"])
+    assert all((tmp_path / "report" / f).stat().st_size > 1000 for f in ("roc.png", "confusion.png", "report.md"))
+
+    doc = export.export_ensemble([out], tmp_path / "weights", manifest=str(FIXTURE / "manifest.csv"))
+    parity = doc["provenance"]["parity_vs_pytorch_fp32"]
+    assert parity["real"]["patches"] == 16 and parity["real"]["class_agreement"] >= 0.9
+    assert parity["real"]["max_abs_logit_delta"] < 0.1 and parity["random"]["max_abs_logit_delta"] < 0.1
+    model = onnx.load(str(tmp_path / "weights" / "ensemble.onnx"))
+    assert any(t.data_type == onnx.TensorProto.INT8 for t in model.graph.initializer)
+    session = ort.InferenceSession(str(tmp_path / "weights" / "ensemble.onnx"), providers=["CPUExecutionProvider"])
+    for n in (1, 5):  # dynamic batch
+        prob = session.run(["prob"], {"image": np.zeros((n, 128, 128, 3), np.uint8)})[0]
+        assert prob.shape == (n, 4) and np.all((prob >= 0) & (prob <= 1))
+    # the exported graph reproduces the evaluation's fp32 probabilities
+    ref = evaluate.evaluate_run([out], load_patches(FIXTURE / "manifest.csv").images)
+    got = session.run(["prob"], {"image": load_patches(FIXTURE / "manifest.csv").images})[0]
+    np.testing.assert_allclose(got, np.stack([ref[f][0] for f in folds], 1), atol=0.03)
