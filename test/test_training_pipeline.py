@@ -109,3 +109,15 @@ def test_cli_trains_all_folds_resumes_evaluates_and_exports(tmp_path, capsys):
     ref = evaluate.evaluate_run([out], load_patches(FIXTURE / "manifest.csv").images)
     got = session.run(["prob"], {"image": load_patches(FIXTURE / "manifest.csv").images})[0]
     np.testing.assert_allclose(got, np.stack([ref[f][0] for f in folds], 1), atol=0.03)
+
+
+def test_training_is_reproducible_with_the_same_seed(tmp_path):
+    from safetensors.numpy import load_file
+
+    def run(out: Path) -> dict:
+        train.main(["--manifest", str(FIXTURE / "manifest.csv"), "--out", str(out), "--epochs", "1", "--batch-size", "4",
+                    "--backbone", "resnetv2_18", "--folds", "tupac16", "--cache", str(tmp_path / "cache"), "--seed", "7"])
+        return load_file(out / "val-tupac16" / "model.safetensors")
+
+    a, b = run(tmp_path / "a"), run(tmp_path / "b")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
