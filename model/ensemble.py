@@ -30,6 +30,24 @@ class Prediction:
     fold_probs: np.ndarray  # float [N, F]
 
 
+def gpu_present() -> bool:
+    """A GPU is visible to this process (NVIDIA device nodes), unless AMF_DEVICE says otherwise."""
+    wanted = os.environ.get("AMF_DEVICE", "auto").lower()
+    if wanted in ("cpu", "cuda"):
+        return wanted == "cuda"
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def default_providers(ort) -> list[str]:
+    """CUDA first when a GPU is present and onnxruntime has the provider (its CUDA/cuDNN libraries from the
+    nvidia-* wheels are preloaded); onnxruntime falls back to the CPU provider if CUDA fails to start."""
+    if gpu_present() and "CUDAExecutionProvider" in ort.get_available_providers():
+        if hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
 def _session_options(ort):
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -56,13 +74,7 @@ class Ensemble:
         if self.tta not in ("none", "d4"):
             raise ModelError(f"{manifest}: unknown tta {self.tta!r} (none | d4)")
         if providers is None:
-            available = ort.get_available_providers()
-            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        if "CUDAExecutionProvider" in providers and hasattr(ort, "preload_dlls"):
-            try:
-                ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* wheels, when installed
-            except Exception:  # noqa: BLE001 - no CUDA libraries: the CPU provider takes over
-                pass
+            providers = default_providers(ort)
         try:
             self.session = ort.InferenceSession(str(model_file), _session_options(ort), providers=providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types

@@ -9,12 +9,15 @@ Input rules (each page becomes one uint8 [128, 128, 3] RGB patch, in page order)
 - size: a page larger than 128 px along an axis is centre-cropped, a smaller one edge-padded (replicating
   the border), so the figure stays at the centre at its scanned resolution; never resized;
 - unusable files (empty, truncated, not an image, zero pages, more than MAX_PIXELS values) -> InputError
-  naming the file and the problem.
+  naming the file and the problem. TIFFs are checked structurally first (every page directory and every
+  strip/tile must lie inside the file), so a truncated stack is refused rather than read short.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import struct
 
 import numpy as np
 
@@ -36,6 +39,7 @@ def read_stack(path: str | Path, size: int = PATCH_SIZE) -> np.ndarray:
         raise InputError(f"{path}: not a file")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file")
+    tiff_pages = check_tiff(path) if path.suffix.lower() in (".tif", ".tiff") else None
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -48,8 +52,73 @@ def read_stack(path: str | Path, size: int = PATCH_SIZE) -> np.ndarray:
         raise
     except Exception as exc:  # noqa: BLE001 - SimpleITK raises RuntimeError with ITK's message
         raise InputError(f"{path}: cannot read the image ({_first_line(exc)})") from exc
-    return to_pages(sitk.GetArrayViewFromImage(image), image.GetDimension(), image.GetNumberOfComponentsPerPixel(),
-                    path, size)
+    pages = to_pages(sitk.GetArrayFromImage(image), image.GetDimension(), image.GetNumberOfComponentsPerPixel(),
+                     path, size)
+    if tiff_pages is not None and tiff_pages != len(pages):
+        raise InputError(f"{path}: the file has {tiff_pages} page directories but {len(pages)} pages could be read")
+    return pages
+
+
+_TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
+_DATA_TAGS = ((273, 279), (324, 325))  # (StripOffsets, StripByteCounts), (TileOffsets, TileByteCounts)
+
+
+def check_tiff(path: Path, max_pages: int = 1_000_000) -> int:
+    """Walk the TIFF (or BigTIFF) page directories; every directory and image data block must lie inside
+    the file. Returns the number of pages; raises InputError for a broken or truncated file."""
+    data = path.read_bytes()
+    size = len(data)
+
+    def bad(problem: str) -> InputError:
+        return InputError(f"{path}: not a readable TIFF ({problem})")
+
+    if data[:2] not in (b"II", b"MM"):
+        raise bad("no TIFF byte-order mark")
+    end = "<" if data[:2] == b"II" else ">"
+    try:
+        magic = struct.unpack_from(end + "H", data, 2)[0]
+        if magic == 42:
+            count_fmt, entry_size, offset_fmt, first = "H", 12, "I", struct.unpack_from(end + "I", data, 4)[0]
+        elif magic == 43:
+            count_fmt, entry_size, offset_fmt, first = "Q", 20, "Q", struct.unpack_from(end + "Q", data, 8)[0]
+        else:
+            raise bad(f"unknown version {magic}")
+        count_size, value_size = struct.calcsize(count_fmt), struct.calcsize(offset_fmt)
+        pages, offset, seen = 0, first, set()
+        while offset:
+            if offset in seen or pages >= max_pages:
+                raise bad("page directories loop")
+            seen.add(offset)
+            if offset + count_size > size:
+                raise bad(f"page {pages + 1} directory lies beyond the end of the file (truncated?)")
+            n = struct.unpack_from(end + count_fmt, data, offset)[0]
+            entries_end = offset + count_size + n * entry_size
+            if entries_end + value_size > size:
+                raise bad(f"page {pages + 1} directory runs past the end of the file (truncated?)")
+            tags = {}
+            for i in range(n):
+                e = offset + count_size + i * entry_size
+                tag, typ = struct.unpack_from(end + "HH", data, e)
+                cnt = struct.unpack_from(end + offset_fmt, data, e + 4)[0]
+                width = _TIFF_TYPE_SIZES.get(typ, 1)
+                inline = cnt * width <= value_size
+                where = e + 4 + value_size if inline else struct.unpack_from(end + offset_fmt, data, e + 4 + value_size)[0]
+                if where + cnt * width > size:
+                    raise bad(f"page {pages + 1} tag {tag} points beyond the end of the file (truncated?)")
+                if tag in (273, 279, 324, 325) and typ in (3, 4, 16):
+                    fmt = {3: "H", 4: "I", 16: "Q"}[typ]
+                    tags[tag] = struct.unpack_from(f"{end}{cnt}{fmt}", data, where)
+            for offsets_tag, counts_tag in _DATA_TAGS:
+                for start, length in zip(tags.get(offsets_tag, ()), tags.get(counts_tag, ())):
+                    if start + length > size:
+                        raise bad(f"page {pages + 1} image data lies beyond the end of the file (truncated?)")
+            pages += 1
+            offset = struct.unpack_from(end + offset_fmt, data, entries_end)[0]
+    except struct.error as exc:
+        raise bad(str(exc)) from None
+    if pages == 0:
+        raise bad("no pages")
+    return pages
 
 
 def to_pages(array: np.ndarray, dimension: int, components: int, path: Path, size: int = PATCH_SIZE) -> np.ndarray:
