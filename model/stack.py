@@ -9,7 +9,8 @@ Input rules (each page becomes one uint8 [128, 128, 3] RGB patch, in page order)
 - size: a page larger than 128 px along an axis is centre-cropped, a smaller one edge-padded (replicating
   the border), so the figure stays at the centre at its scanned resolution; never resized;
 - unusable files (empty, truncated, not an image, zero pages, more than MAX_PIXELS values) -> InputError
-  naming the file and the problem. TIFFs are checked structurally first (every page directory and every
+  naming the file and the problem. A .mha must hold its own pixels (``ElementDataFile = LOCAL``): one that
+  points at other files is refused. TIFFs are checked structurally first (every page directory and every
   strip/tile must lie inside the file), so a truncated stack is refused rather than read short.
 """
 
@@ -39,7 +40,10 @@ def read_stack(path: str | Path, size: int = PATCH_SIZE) -> np.ndarray:
         raise InputError(f"{path}: not a file")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file")
-    tiff_pages = check_tiff(path) if path.suffix.lower() in (".tif", ".tiff") else None
+    suffix = path.suffix.lower()
+    tiff_pages = check_tiff(path) if suffix in (".tif", ".tiff") else None
+    if suffix == ".mha":
+        check_mha_header(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -119,6 +123,19 @@ def check_tiff(path: Path, max_pages: int = 1_000_000) -> int:
     if pages == 0:
         raise bad("no pages")
     return pages
+
+
+def check_mha_header(path: Path) -> None:
+    """A .mha must carry its pixels itself: ``ElementDataFile = LOCAL`` (anything else would read other files)."""
+    with path.open("rb") as f:
+        head = f.read(65536)
+    for line in head.split(b"\n"):
+        key, _, value = line.partition(b"=")
+        if key.strip() == b"ElementDataFile":
+            if value.strip() != b"LOCAL":
+                raise InputError(f"{path}: MetaImage pixel data must be LOCAL, not {value.strip()[:80].decode(errors='replace')!r}")
+            return
+    raise InputError(f"{path}: not a MetaImage (no ElementDataFile = LOCAL in the header)")
 
 
 def to_pages(array: np.ndarray, dimension: int, components: int, path: Path, size: int = PATCH_SIZE) -> np.ndarray:

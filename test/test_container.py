@@ -226,6 +226,11 @@ def _truncated_mha(folder: Path) -> None:
     (folder / "stack.mha").write_bytes(data[: len(data) // 2])
 
 
+def _mha_pointing_elsewhere(folder: Path) -> None:
+    (folder / "stack.mha").write_text("ObjectType = Image\nNDims = 2\nDimSize = 128 128\nElementType = MET_UCHAR\n"
+                                      "ElementDataFile = /etc/hostname\n")
+
+
 @pytest.mark.parametrize("make, words", [
     (_garbage, ["stack.tif", "not a readable TIFF"]),
     (_truncated, ["stack.tif"]),
@@ -234,8 +239,9 @@ def _truncated_mha(folder: Path) -> None:
     (_two_images, ["expected exactly one", "found 2"]),
     (lambda folder: None, ["expected exactly one", "found 0"]),
     (_five_channels, ["stack.mha", "5 channels"]),
-    (_garbage_mha, ["stack.mha", "cannot read"]),
+    (_garbage_mha, ["stack.mha", "not a MetaImage"]),
     (_truncated_mha, ["stack.mha", "cannot read"]),
+    (_mha_pointing_elsewhere, ["stack.mha", "must be LOCAL"]),
 ])
 def test_unusable_stack_is_refused(make, words, tmp_path, tiny_weights, capsys):
     make(write_inputs(tmp_path / "in"))
