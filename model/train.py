@@ -32,7 +32,7 @@ from model.checkpoint import WEIGHTS_FILE, load_weights_only, save_checkpoint
 from model.data import FORMATS, PatchSet, load_patches
 from model.folds import Fold, lodo_folds
 from model.losses import binary_dice_loss, inverse_frequency_weights, multiclass_dice_loss, weighted_bce
-from model.masks import generate_masks, load_masks
+from model.masks import GENERATOR_VERSION, generate_masks, load_masks
 from model.network import MultiTaskNet
 from model.recipe import PRESETS, Recipe
 
@@ -135,7 +135,7 @@ def tensors(ps: PatchSet, masks: np.ndarray) -> TensorDataset:
 
 def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray, recipe: Recipe, out: Path, *, resume: bool,
                accelerator: str, devices: str | int, precision: str | None, max_steps: int = -1,
-               limit_val_batches: float | int = 1.0, progress: bool = True) -> Path:
+               limit_val_batches: float | int = 1.0, progress: bool = True, mask_source: str = GENERATOR_VERSION) -> Path:
     """Train one fold; returns its folder (with model.safetensors + config.json)."""
     folder = out / fold.name
     if resume and (folder / WEIGHTS_FILE).is_file():
@@ -176,7 +176,7 @@ def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray, recipe: Recipe, ou
     selected = {k: float(v) for k, v in trainer.callback_metrics.items()} if not best.best_model_path else None
     meta = {
         "fold": fold.to_dict(), "recipe": recipe.to_dict(), "class_weights": weights, "threshold": 0.5,
-        "selected_epoch": int(state["epoch"]), "selected_on": monitor,
+        "selected_epoch": int(state["epoch"]), "selected_on": monitor, "masks": mask_source,
         "selected_score": float(best.best_model_score) if best.best_model_score is not None else selected,
         "data": {"train": int(len(train)), "val": int(len(val)),
                  "train_atypical": int(train.labels.sum()), "val_atypical": int(val.labels.sum())},
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     for fold in folds:
         train_fold(fold, data, masks, recipe, args.out, resume=args.resume, accelerator=args.accelerator,
                    devices=args.devices, precision=args.precision, max_steps=args.max_steps,
-                   limit_val_batches=limit_val)
+                   limit_val_batches=limit_val, mask_source=f"external:{args.masks}" if args.masks else GENERATOR_VERSION)
 
 
 if __name__ == "__main__":
