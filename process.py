@@ -8,8 +8,10 @@ Reads the stack named by ``<input>/inputs.json``, runs the shipped ONNX fold ens
 Models: ``--weights``, else ``$AMF_WEIGHTS``, else ``/opt/ml/model`` when it holds ``ensemble.json``
 (Grand Challenge's uploaded model tarball), else ``weights/`` next to this file.
 
-Exit codes: 0 done; 2 input error; 3 output not writable; 4 model error; 1 unexpected internal error.
-Any non-zero exit writes no output file.
+Progress (pages, provider, timings) goes to stdout; an error is one line on stderr naming the file and the
+problem. Exit codes: 0 done; 2 input error; 3 output not writable; 4 model error (weights missing or
+unreadable, unusable model output); 1 unexpected internal error (with a traceback). A non-zero exit writes
+no output file. ``AMF_DEVICE=cpu|cuda`` overrides the GPU check, ``AMF_THREADS`` the CPU thread count.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import time
 import traceback
 from pathlib import Path
 
-from model.ensemble import MANIFEST_FILE, Ensemble, ModelError, results_json
-from model.grand_challenge import OutputError, find_stack, validate_results, write_results
-from model.stack import InputError, read_stack
+from model.ensemble import MANIFEST_FILE, Ensemble
+from model.errors import InputError, ModelError, OutputError
+from model.grand_challenge import find_stack, validate_results, write_results
+from model.stack import read_stack
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_OUTPUT, EXIT_MODEL = 0, 1, 2, 3, 4
 HERE = Path(__file__).resolve().parent
@@ -41,37 +44,42 @@ def run(input_dir: Path, output_dir: Path, weights: Path) -> int:
     start = time.perf_counter()
     stack = find_stack(input_dir)
     pages = read_stack(stack)
+    read = time.perf_counter()
+    print(f"{stack}: {len(pages)} pages read in {read - start:.2f} s", flush=True)
     ensemble = Ensemble(weights)
     loaded = time.perf_counter()
-    prediction = ensemble.predict(pages)
-    results = results_json(prediction)
+    fallback = " (the preferred provider failed to start)" if ensemble.fell_back else ""
+    print(f"{ensemble.model_file}: {len(ensemble.thresholds)} fold models on {ensemble.provider}{fallback}, "
+          f"tta {ensemble.tta}; loaded in {loaded - read:.2f} s", flush=True)
+    results = ensemble.classify(pages)
     validate_results(results, len(pages))
     target = write_results(output_dir, results)
-    done = time.perf_counter()
-    n_atypical = int(prediction.atypical.sum())
-    print(f"{stack.name}: {len(pages)} pages, {n_atypical} atypical; {len(ensemble.thresholds)} fold models on "
-          f"{ensemble.provider}, tta {ensemble.tta}; read+load {loaded - start:.2f} s, inference "
-          f"{done - loaded:.2f} s -> {target}", flush=True)
+    n_atypical = sum(r["class"] == "atypical" for r in results)
+    print(f"{target}: {len(results)} pages, {n_atypical} atypical; inference + write "
+          f"{time.perf_counter() - loaded:.2f} s, total {time.perf_counter() - start:.2f} s", flush=True)
     return EXIT_OK
+
+
+def fail(kind: str, exc: Exception, code: int) -> int:
+    """One line on stderr: the kind of error, then the message (which names the file)."""
+    print(f"{kind}: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", type=Path, default=Path("/input"))
-    p.add_argument("--output", type=Path, default=Path("/output"))
-    p.add_argument("--weights", type=Path, default=None)
+    p.add_argument("--input", type=Path, default=Path("/input"), help="GC input folder (default /input)")
+    p.add_argument("--output", type=Path, default=Path("/output"), help="output folder (default /output)")
+    p.add_argument("--weights", type=Path, help="folder with ensemble.json (default: see above)")
     args = p.parse_args(argv)
     try:
         return run(args.input, args.output, args.weights or default_weights())
     except InputError as exc:
-        print(f"input error: {exc}", file=sys.stderr)
-        return EXIT_INPUT
+        return fail("input error", exc, EXIT_INPUT)
     except OutputError as exc:
-        print(f"output error: {exc}", file=sys.stderr)
-        return EXIT_OUTPUT
+        return fail("output error", exc, EXIT_OUTPUT)
     except ModelError as exc:
-        print(f"model error: {exc}", file=sys.stderr)
-        return EXIT_MODEL
+        return fail("model error", exc, EXIT_MODEL)
     except Exception:  # noqa: BLE001 - anything else is our bug: say so, with the traceback
         traceback.print_exc()
         print("internal error (see the traceback above)", file=sys.stderr)

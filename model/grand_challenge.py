@@ -2,27 +2,27 @@
 
 Input: ``<input>/inputs.json`` lists sockets; ours has ``interface.slug ==
 "stacked-histopathology-roi-cropouts"`` and ``interface.relative_path`` (a folder under ``<input>``) that
-holds exactly one ``.tif``/``.tiff``/``.mha``. Output: ``<output>/multiple-mitotic-figure-classification.json``,
+holds exactly one ``.tif``/``.tiff``/``.mha`` (suffix case ignored, hidden files ignored; a missing
+``relative_path`` means the standard ``images/<slug>``; one leading outside ``<input>``, also through a
+symlink, is refused). Output: ``<output>/multiple-mitotic-figure-classification.json``,
 a list with one ``{"class": "atypical" | "normal", "confidence": float}`` per page, in page order, written
 to a temporary file and renamed, so that a reader never sees a partial file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
 
-from model.stack import SUFFIXES, InputError
+from model.errors import InputError, OutputError
+from model.stack import SUFFIXES
 
 SOCKET = "stacked-histopathology-roi-cropouts"
 OUTPUT_FILE = "multiple-mitotic-figure-classification.json"
 CLASSES = ("normal", "atypical")
-
-
-class OutputError(OSError):
-    """The output folder cannot be created or written."""
 
 
 def find_stack(input_dir: str | Path) -> Path:
@@ -33,7 +33,9 @@ def find_stack(input_dir: str | Path) -> Path:
         entries = json.loads(spec.read_text())
     except FileNotFoundError:
         raise InputError(f"{spec}: missing") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except OSError as exc:
+        raise InputError(f"{spec}: cannot be read ({exc.strerror or exc})") from None
+    except ValueError as exc:  # also UnicodeDecodeError
         raise InputError(f"{spec}: not valid JSON ({exc})") from None
     if not isinstance(entries, list):
         raise InputError(f"{spec}: expected a list of sockets, got {type(entries).__name__}")
@@ -51,7 +53,11 @@ def find_stack(input_dir: str | Path) -> Path:
         raise InputError(f"{spec}: relative_path {relative!r} leads outside {input_dir}")
     if not folder.is_dir():
         raise InputError(f"{folder}: socket folder missing")
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in SUFFIXES and not p.name.startswith("."))
+    try:
+        images = sorted(p for p in folder.iterdir()
+                        if p.suffix.lower() in SUFFIXES and not p.name.startswith(".") and p.is_file())
+    except OSError as exc:
+        raise InputError(f"{folder}: cannot list the socket folder ({exc.strerror or exc})") from None
     if len(images) != 1:
         raise InputError(f"{folder}: expected exactly one .tif/.tiff/.mha stack, found {len(images)} "
                          f"({[p.name for p in images][:5]})")
@@ -82,7 +88,7 @@ def write_results(output_dir: str | Path, results: list[dict]) -> Path:
     validate_results(results)
     output_dir = Path(output_dir)
     target = output_dir / OUTPUT_FILE
-    text = json.dumps(results, indent=2) + "\n"
+    text = json.dumps(results, indent=2, allow_nan=False) + "\n"
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".result-", suffix=".json", dir=output_dir)
@@ -95,7 +101,18 @@ def write_results(output_dir: str | Path, results: list[dict]) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
+        _fsync_dir(output_dir)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         raise OutputError(f"{target}: cannot write the output ({exc.strerror or exc})") from None
     return target
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable (where the file system lets a folder be opened and synced)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

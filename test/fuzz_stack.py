@@ -1,57 +1,62 @@
 """Fuzz the stack reader with mutated real TIFF and MHA bytes: only InputError may escape.
 
-Run by test_fuzz.py in a subprocess with a time limit, so that a hang fails the test instead of blocking it.
+Run by test_fuzz.py in a subprocess with a time limit, so that a hang (or a crash in ITK/libtiff) fails the
+test instead of blocking or killing pytest; each case also has a hypothesis deadline.
     python test/fuzz_stack.py [examples]
 """
 
+import atexit
+import shutil
 import sys
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model.stack import InputError, read_stack  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-WORK = Path(tempfile.mkdtemp(prefix="amf-fuzz-"))
-pages = [np.asarray(Image.open(p).convert("RGB"))[:32, :32] for p in sorted((HERE / "fixtures/amibr/patches").glob("*/*.png"))[:3]]
-Image.fromarray(pages[0]).save(WORK / "seed.tif", save_all=True, append_images=[Image.fromarray(p) for p in pages[1:]],
-                               compression="tiff_deflate")
-sitk.WriteImage(sitk.GetImageFromArray(np.stack(pages), isVector=True), str(WORK / "seed.mha"))
-SEEDS = {".tif": (WORK / "seed.tif").read_bytes(), ".mha": (WORK / "seed.mha").read_bytes()}
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+from conftest import GC_SAMPLE_2PAGES, real_pages, save_stack, write_tiff  # noqa: E402
+from model.stack import InputError, read_stack  # noqa: E402
 
-mutation = st.one_of(
-    st.tuples(st.just("flip"), st.integers(0, 10_000), st.integers(0, 255)),
-    st.tuples(st.just("cut"), st.integers(0, 10_000), st.integers(0, 0)),
-    st.tuples(st.just("insert"), st.integers(0, 10_000), st.integers(0, 255)),
-)
+WORK = Path(tempfile.mkdtemp(prefix="amf-fuzz-"))  # kept after a crash: the last case*.* is the culprit
+atexit.register(shutil.rmtree, WORK, ignore_errors=True)
+small = real_pages(3)[:, 48:80, 40:88]  # 32 x 48 pages keep each case fast
+SEEDS = {
+    "gc.tiff": GC_SAMPLE_2PAGES.read_bytes(),  # GC's own encoder: deflate, one strip per page
+    "itk.tif": save_stack(WORK / "itk.tif", small).read_bytes(),
+    "palette.tif": write_tiff(WORK / "palette.tif", list(small[..., 0]), np.tile(np.arange(256) * 257, (3, 1))).read_bytes(),
+    "zip.mha": save_stack(WORK / "zip.mha", small).read_bytes(),
+    "raw.mha": save_stack(WORK / "raw.mha", small[:, :, :, 0].astype(np.uint16)).read_bytes(),
+}
+
+mutation = st.tuples(st.sampled_from(["set", "cut", "insert", "zero"]), st.integers(0, 2 ** 20), st.integers(0, 255))
 
 
-@settings(max_examples=int(sys.argv[1]) if len(sys.argv) > 1 else 300, deadline=None, database=None,
+@settings(max_examples=int(sys.argv[1]) if len(sys.argv) > 1 else 300, deadline=timedelta(seconds=5), database=None,
           suppress_health_check=list(HealthCheck))
-@given(suffix=st.sampled_from(sorted(SEEDS)), mutations=st.lists(mutation, min_size=1, max_size=6))
-def fuzz(suffix: str, mutations: list) -> None:
-    data = bytearray(SEEDS[suffix])
+@given(seed=st.sampled_from(sorted(SEEDS)), mutations=st.lists(mutation, min_size=1, max_size=6))
+def fuzz(seed: str, mutations: list) -> None:
+    data = bytearray(SEEDS[seed])
     for kind, at, value in mutations:
         at %= max(1, len(data))
-        if kind == "flip" and data:
+        if kind == "set" and data:
             data[at] = value
         elif kind == "cut":
             del data[at:]
         elif kind == "insert":
             data[at:at] = bytes([value]) * 16
-    path = WORK / f"case{suffix}"
+        elif kind == "zero":
+            data[at:at + 64] = bytes(len(data[at:at + 64]))
+    path = WORK / f"case{Path(seed).suffix}"
     path.write_bytes(bytes(data))
     try:
-        out = read_stack(path)
+        pages = read_stack(path)
     except InputError:
         return
-    assert out.dtype == np.uint8 and out.ndim == 4 and out.shape[1:] == (128, 128, 3) and len(out) >= 1
+    assert pages.dtype == np.uint8 and pages.ndim == 4 and pages.shape[1:] == (128, 128, 3) and len(pages) >= 1
 
 
 if __name__ == "__main__":

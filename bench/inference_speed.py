@@ -1,0 +1,185 @@
+"""Inference speed on this machine: our ONNX ensemble vs our PyTorch eager ensemble vs a stand-in of the
+MIDOG25 reference container (timm EfficientNetV2-M, 224 px, page by page, PyTorch eager, random weights).
+
+    python bench/inference_speed.py [--repeats 5] [--weights weights] [--input test/input]
+
+(a) cold: each system as a whole new process on a 16-page stack (import, model load, read, infer, write),
+    runs alternated system by system, median of --repeats; peak RSS of each process (wait4 rusage);
+(b) warm: per-stack latency (16 pages) and throughput (256 patches) in one process;
+(c) the machine's fp32 matmul peak, and our warm latency as a multiple of the FLOP floor
+    (ensemble FLOPs per stack / peak). Prints Markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TORCH_COLD = """
+import json, sys
+sys.path.insert(0, {root!r})
+import torch
+from model.grand_challenge import find_stack, write_results
+from model.stack import read_stack
+from model.network import MultiTaskNet, NetworkConfig
+from model.vote import vote
+folds = json.load(open({manifest!r}))["folds"]
+nets = [MultiTaskNet(NetworkConfig.from_dict({{**f["network"], "pretrained": False}})).pruned().eval() for f in folds]
+pages = torch.from_numpy(read_stack(find_stack({input!r})))
+with torch.inference_mode():
+    x = pages.permute(0, 3, 1, 2).float().div(255).contiguous(memory_format=torch.channels_last)
+    probs = torch.stack([torch.sigmoid(n(x)) for n in nets], 1).numpy()
+a, c = vote(probs, [f["threshold"] for f in folds])
+write_results({output!r}, [{{"class": "atypical" if t else "normal", "confidence": float(p)}} for t, p in zip(a, c)])
+"""
+
+
+def run_cold(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one whole process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{cmd} failed: {proc.stderr.read().decode()[-2000:]}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9
+
+
+def ensemble_flops_per_stack(folds: list[dict], pages: int = 16, size: int = 128) -> float:
+    """Multiply-adds of every Conv2d/Linear (x 2 = FLOPs), counted with forward hooks."""
+    import torch
+
+    from model.network import MultiTaskNet, NetworkConfig
+
+    total = 0
+    for f in folds:
+        net = MultiTaskNet(NetworkConfig.from_dict({**f["network"], "pretrained": False})).pruned().eval()
+        macs = []
+
+        def hook(module, inputs, output):
+            if isinstance(module, torch.nn.Conv2d):
+                macs.append(output.numel() * module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1])
+            else:
+                macs.append(output.numel() * module.in_features)
+
+        handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+        with torch.inference_mode():
+            net(torch.zeros(1, 3, size, size))
+        for h in handles:
+            h.remove()
+        total += 2 * sum(macs) * pages
+    return float(total)
+
+
+def best_and_median(fn, repeats: int) -> tuple[float, float]:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times), statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--weights", default=str(ROOT / "weights"))
+    p.add_argument("--input", default=str(ROOT / "test" / "input"))
+    args = p.parse_args()
+
+    import json
+
+    import torch
+
+    from model.ensemble import Ensemble
+    from model.grand_challenge import find_stack
+    from model.stack import read_stack
+
+    manifest = str(Path(args.weights) / "ensemble.json")
+    folds = json.loads(Path(manifest).read_text())["folds"]
+    pages = read_stack(find_stack(args.input))
+    out = tempfile.mkdtemp(prefix="amf-bench-")
+    py = sys.executable
+    systems = {
+        "ONNX ensemble (process.py)": [py, "process.py", "--input", args.input, "--output", out, "--weights", args.weights],
+        "PyTorch eager ensemble": [py, "-c", TORCH_COLD.format(root=str(ROOT), manifest=manifest, input=args.input, output=out)],
+        "reference stand-in (EffNetV2-M, 224 px, per page)": [py, "bench/reference_standin.py", "--input", args.input, "--output", out],
+    }
+    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__} threads {torch.get_num_threads()}; "
+          f"{len(folds)} fold models; stack of {len(pages)} pages\n")
+    cold: dict[str, list[tuple[float, float]]] = {k: [] for k in systems}
+    for _ in range(args.repeats):
+        for name, cmd in systems.items():
+            cold[name].append(run_cold(cmd))
+    ref = statistics.median(t for t, _ in cold[list(systems)[2]])
+    print("## (a) cold: whole process on one 16-page stack, alternated, median of", args.repeats)
+    print("| system | median s | min s | max s | peak RSS MB | vs reference |\n|---|---|---|---|---|---|")
+    for name, runs in cold.items():
+        t = [r[0] for r in runs]
+        print(f"| {name} | {statistics.median(t):.2f} | {min(t):.2f} | {max(t):.2f} | {max(r[1] for r in runs):.0f} | "
+              f"{ref / statistics.median(t):.1f}x faster |" if name != list(systems)[2] else
+              f"| {name} | {statistics.median(t):.2f} | {min(t):.2f} | {max(t):.2f} | {max(r[1] for r in runs):.0f} | 1.0x |")
+
+    ensemble = Ensemble(args.weights)
+    many = np.concatenate([pages] * 16)
+    from model.network import MultiTaskNet, NetworkConfig
+    sys.path.insert(0, str(ROOT / "bench"))
+    from reference_standin import build, classify
+
+    nets = [MultiTaskNet(NetworkConfig.from_dict({**f["network"], "pretrained": False})).pruned().eval() for f in folds]
+
+    def torch_ensemble(batch: np.ndarray) -> None:
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div(255).contiguous(memory_format=torch.channels_last)
+            torch.stack([torch.sigmoid(n(x)) for n in nets], 1)
+
+    reference = build()
+    warm = {
+        "ONNX ensemble": (lambda: ensemble.predict(pages), lambda: ensemble.predict(many)),
+        "PyTorch eager ensemble": (lambda: torch_ensemble(pages), lambda: torch_ensemble(many)),
+        "reference stand-in": (lambda: classify(reference, torch.from_numpy(pages)), None),
+    }
+    print(f"\n## (b) warm, in one process ({ensemble.provider} for ONNX)")
+    print("| system | per 16-page stack, best s | median s | patches/s (256-patch batches) |\n|---|---|---|---|")
+    onnx_best = None
+    for name, (stack_fn, many_fn) in warm.items():
+        best, med = best_and_median(stack_fn, args.repeats)
+        rate = len(many) / best_and_median(many_fn, 2)[0] if many_fn else len(pages) / best
+        onnx_best = onnx_best or best
+        print(f"| {name} | {best:.3f} | {med:.3f} | {rate:.0f} |")
+
+    peak = matmul_peak_gflops()
+    flops = ensemble_flops_per_stack(folds)
+    floor = flops / (peak * 1e9)
+    print("\n## (c) FLOP floor")
+    print(f"fp32 matmul peak (torch.mm 2048^2, {torch.get_num_threads()} threads): {peak:.0f} GFLOP/s; "
+          f"ensemble: {flops / 1e9:.0f} GFLOP per 16-page stack -> floor {floor:.3f} s; "
+          f"ONNX warm best {onnx_best:.3f} s = {onnx_best / floor:.2f}x the floor")
+
+
+if __name__ == "__main__":
+    main()
