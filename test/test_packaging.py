@@ -88,6 +88,6 @@ def test_requirements_are_the_lean_runtime():
 
 
 def test_scripts_are_executable():
-    for script in ("build.sh", "export.sh", "test/run_container.sh", ".ci/run"):
+    for script in ("build.sh", "export.sh", "test/run_container.sh", ".ci/run", "scripts/reproduce_default.sh"):
         assert (ROOT / script).stat().st_mode & 0o111, script
         subprocess.run(["bash", "-n", str(ROOT / script)], check=True)
