@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         files = expand(args.paths)
-        ensemble = Ensemble(args.weights)
+        ensemble = Ensemble(args.weights, expand_weights=True)
         print(f"{len(files)} file(s); {len(ensemble.thresholds)} fold models on {ensemble.provider}", file=sys.stderr)
         n = score(files, ensemble, args.out, args.batch)
     except InputError as exc:

@@ -105,6 +105,12 @@ def test_cli_trains_all_folds_resumes_evaluates_and_exports(tmp_path, capsys):
     for n in (1, 5):  # dynamic batch
         prob = session.run(["prob"], {"image": np.zeros((n, 128, 128, 3), np.uint8)})[0]
         assert prob.shape == (n, 4) and np.all((prob >= 0) & (prob <= 1))
+    # the container's runtime gives the same probabilities with the weights expanded at load
+    from model.ensemble import Ensemble
+
+    images = load_patches(FIXTURE / "manifest.csv").images
+    np.testing.assert_allclose(Ensemble(tmp_path / "weights", expand_weights=True).probabilities(images),
+                               Ensemble(tmp_path / "weights").probabilities(images), atol=1e-5)
     # the exported graph reproduces the evaluation's fp32 probabilities
     ref = evaluate.evaluate_run([out], load_patches(FIXTURE / "manifest.csv").images)
     got = session.run(["prob"], {"image": load_patches(FIXTURE / "manifest.csv").images})[0]
