@@ -31,7 +31,7 @@ def main() -> None:
     data = load_patches(args.manifest, args.format)
     if args.split:
         data = data.where(split=args.split)
-    ensemble = Ensemble(args.weights)
+    ensemble = Ensemble(args.weights, expand_weights=True)
     if args.tta:
         ensemble.tta = args.tta
     start = time.perf_counter()
