@@ -25,7 +25,7 @@ from pathlib import Path
 
 from model.ensemble import MANIFEST_FILE, Ensemble
 from model.errors import InputError, ModelError, OutputError
-from model.grand_challenge import find_stack, validate_results, write_results
+from model.grand_challenge import find_stack, write_results
 from model.stack import read_stack
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_OUTPUT, EXIT_MODEL = 0, 1, 2, 3, 4
@@ -52,8 +52,7 @@ def run(input_dir: Path, output_dir: Path, weights: Path) -> int:
     print(f"{ensemble.model_file}: {len(ensemble.thresholds)} fold models on {ensemble.provider}{fallback}, "
           f"tta {ensemble.tta}; loaded in {loaded - read:.2f} s", flush=True)
     results = ensemble.classify(pages)
-    validate_results(results, len(pages))
-    target = write_results(output_dir, results)
+    target = write_results(output_dir, results, len(pages))
     n_atypical = sum(r["class"] == "atypical" for r in results)
     print(f"{target}: {len(results)} pages, {n_atypical} atypical; inference + write "
           f"{time.perf_counter() - loaded:.2f} s, total {time.perf_counter() - start:.2f} s", flush=True)

@@ -83,9 +83,10 @@ def validate_results(results: object, n_pages: int | None = None) -> None:
             raise ValueError(f"entry {i}: confidence {c!r} is not a float in [0, 1]")
 
 
-def write_results(output_dir: str | Path, results: list[dict]) -> Path:
-    """Validate, then write atomically (temporary file in the same folder, fsync, rename)."""
-    validate_results(results)
+def write_results(output_dir: str | Path, results: list[dict], n_pages: int | None = None) -> Path:
+    """Validate (one entry per page when ``n_pages`` is given), then write atomically (temporary file in
+    the same folder, fsync, rename)."""
+    validate_results(results, n_pages)
     output_dir = Path(output_dir)
     target = output_dir / OUTPUT_FILE
     text = json.dumps(results, indent=2, allow_nan=False) + "\n"

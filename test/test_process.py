@@ -19,6 +19,7 @@ import SimpleITK as sitk
 import process
 from conftest import (GC_SAMPLE, GC_SAMPLE_2PAGES, ROOT, make_tiny_ensemble, real_pages, save_stack, tiny_model_probs,
                       write_inputs, write_tiff)
+from model import grand_challenge
 from model.grand_challenge import OUTPUT_FILE, validate_results
 from model.stack import read_stack
 
@@ -270,7 +271,7 @@ def test_missing_output_folder_is_created_and_an_unwritable_one_refused(gc_input
 
 
 def test_an_internal_error_is_exit_1_with_a_traceback(gc_input, tiny_weights, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(process, "validate_results", lambda *a: 1 / 0)
+    monkeypatch.setattr(grand_challenge, "validate_results", lambda *a: 1 / 0)
     code, err, result = run_main(gc_input, tmp_path / "out", tiny_weights, capsys)
     assert code == 1 and "ZeroDivisionError" in err and "internal error" in err and result is None
 
