@@ -1,9 +1,10 @@
 """Batch augmentation on the training device, applied to images and masks alike.
 
-Geometry: a random element of the dihedral group D4 (90-degree rotations and flips) composed with a free
-rotation, done as one affine resampling (bilinear + reflection for images, nearest for masks).
+Geometry: a random element of the dihedral group D4 (90-degree rotations and flips), or flips only,
+composed with a free rotation and an optional random resized crop, done as one affine resampling
+(bilinear + reflection for images, nearest for masks).
 Colour: H&E stain augmentation (per-image scale and shift of the hematoxylin, eosin and DAB optical
-densities, Tellez et al. 2018) plus mild brightness / contrast jitter.
+densities, Tellez et al. 2018) plus colour jitter (brightness, contrast, saturation, hue).
 """
 
 from __future__ import annotations
@@ -18,16 +19,27 @@ import torch.nn.functional as F
 RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
 HED_FROM_RGB = torch.linalg.inv(RGB_FROM_HED)
 _LOG_EPS = math.log(1e-6)
+YIQ_FROM_RGB = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+RGB_FROM_YIQ = torch.linalg.inv(YIQ_FROM_RGB)
 
 
 @dataclass
 class AugmentConfig:
     d4: bool = True  # random 90-degree rotations and flips
+    flips: bool = False  # random horizontal flips only (used when d4 is off; seed 002)
     rotation_deg: float = 180.0  # free rotation drawn from [-deg, +deg]; 0 = off
+    crop_scale: tuple[float, float] = (1.0, 1.0)  # random resized crop: area fraction range; (1, 1) = off
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # ... and aspect-ratio range (log-uniform)
     stain_scale: float = 0.05  # HED optical density scaled by U(1-s, 1+s)
     stain_shift: float = 0.02  # ... and shifted by U(-t, t)
     brightness: float = 0.1  # multiplicative, U(1-b, 1+b)
     contrast: float = 0.1  # around the image mean, U(1-c, 1+c)
+    saturation: float = 0.0  # blend with the gray image, U(1-s, 1+s)
+    hue: float = 0.0  # rotation of the chroma plane (YIQ) by U(-h, h) turns
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AugmentConfig:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,27 +68,47 @@ def stain_jitter(rgb: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | N
         c = 1 + cfg.contrast * (2 * rand()[:, :1] - 1)
         mean = rgb.mean(dim=(1, 2, 3), keepdim=True)
         rgb = ((rgb - mean) * c + mean) * b
+    if cfg.saturation:
+        gray = torch.einsum("nchw,c->nhw", rgb, YIQ_FROM_RGB[0].to(rgb))[:, None]
+        rgb = gray + (rgb - gray) * (1 + cfg.saturation * (2 * rand()[:, :1] - 1))
+    if cfg.hue:
+        turn = 2 * math.pi * cfg.hue * (2 * rand()[:, 0, 0, 0] - 1)
+        cos, sin, one, zero = turn.cos(), turn.sin(), torch.ones_like(turn), torch.zeros_like(turn)
+        rot = torch.stack([torch.stack([one, zero, zero], 1), torch.stack([zero, cos, -sin], 1),
+                           torch.stack([zero, sin, cos], 1)], 1)  # [N,3,3], luma kept
+        mix = RGB_FROM_YIQ.to(rgb) @ rot @ YIQ_FROM_RGB.to(rgb)
+        rgb = torch.einsum("ndc,nchw->ndhw", mix, rgb)
     return rgb.clamp(0, 1)
 
 
 def random_geometry(n: int, cfg: AugmentConfig, device: torch.device, gen: torch.Generator | None = None) -> torch.Tensor:
     """Per-sample 2x3 affine matrices (in grid_sample's normalised coordinates)."""
+    rand = lambda: torch.rand(n, generator=gen, device=device)  # noqa: E731
     angle = torch.zeros(n, device=device)
     flip = torch.ones(n, device=device)
     if cfg.d4:
         angle += torch.randint(0, 4, (n,), generator=gen, device=device) * (math.pi / 2)
-        flip = torch.where(torch.rand(n, generator=gen, device=device) < 0.5, -1.0, 1.0)
+    if cfg.d4 or cfg.flips:
+        flip = torch.where(rand() < 0.5, -1.0, 1.0)
     if cfg.rotation_deg:
-        angle += (2 * torch.rand(n, generator=gen, device=device) - 1) * math.radians(cfg.rotation_deg)
+        angle += (2 * rand() - 1) * math.radians(cfg.rotation_deg)
+    # random resized crop: output pixels sample a (w, h) window (fractions of the side) at a random offset
+    w = h = torch.ones(n, device=device)
+    tx = ty = torch.zeros(n, device=device)
+    if tuple(cfg.crop_scale) != (1.0, 1.0):
+        area = cfg.crop_scale[0] + (cfg.crop_scale[1] - cfg.crop_scale[0]) * rand()
+        log_lo, log_hi = math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1])
+        ratio = torch.exp(log_lo + (log_hi - log_lo) * rand())
+        w, h = (area * ratio).sqrt().clamp(max=1), (area / ratio).sqrt().clamp(max=1)
+        tx, ty = (1 - w) * (2 * rand() - 1), (1 - h) * (2 * rand() - 1)
     cos, sin = torch.cos(angle), torch.sin(angle)
-    zero = torch.zeros_like(cos)
-    return torch.stack([torch.stack([cos * flip, -sin, zero], 1), torch.stack([sin * flip, cos, zero], 1)], 1)
+    return torch.stack([torch.stack([cos * flip * w, -sin * h, tx], 1), torch.stack([sin * flip * w, cos * h, ty], 1)], 1)
 
 
 def augment(images: torch.Tensor, masks: torch.Tensor | None, cfg: AugmentConfig,
             gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """images float [N,3,H,W] in [0,1]; masks integer [N,H,W] (class per pixel) or None."""
-    if cfg.d4 or cfg.rotation_deg:
+    if cfg.d4 or cfg.flips or cfg.rotation_deg or tuple(cfg.crop_scale) != (1.0, 1.0):
         theta = random_geometry(images.shape[0], cfg, images.device, gen)
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
         images = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)

@@ -11,14 +11,16 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
-from model.network import ClassifierNet, MultiTaskNet, NetworkConfig
+from model.network import NetworkConfig, build_network
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
 
-def save_checkpoint(folder: str | Path, net: MultiTaskNet, meta: dict) -> Path:
+def save_checkpoint(folder: str | Path, net: nn.Module, meta: dict) -> Path:
+    """``net``: a network from :func:`build_network` in its plain form (LoRA merged)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
@@ -32,16 +34,16 @@ def read_config(folder: str | Path) -> dict:
     return json.loads((Path(folder) / CONFIG_FILE).read_text())
 
 
-def load_network(folder: str | Path) -> tuple[MultiTaskNet, dict]:
+def load_network(folder: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild the network from ``config.json`` and load ``model.safetensors`` (strict)."""
     config = read_config(folder)
     cfg = NetworkConfig.from_dict({**config["network"], "pretrained": False})
-    net = MultiTaskNet(cfg)
+    net = build_network(cfg)
     net.load_state_dict(load_file(Path(folder) / WEIGHTS_FILE), strict=True)
     return net.eval(), config
 
 
-def load_pruned(folder: str | Path) -> tuple[ClassifierNet, dict]:
+def load_pruned(folder: str | Path) -> tuple[nn.Module, dict]:
     net, config = load_network(folder)
     return net.pruned().eval(), config
 

@@ -37,13 +37,14 @@ class ManifestFormat:
     domain_column: str | None = None
     split_column: str | None = None
     votes_column: str | None = None
+    slide_column: str | None = None
     positive: tuple[str, ...] = ("atypical", "AMF")
     negative: tuple[str, ...] = ("normal", "NMF")
     default_suffix: str = ""  # appended to a path value that has no extension
 
 
 FORMATS: dict[str, ManifestFormat] = {
-    "amibr": ManifestFormat("file", "label", "domain", "split", "votes_atypical"),
+    "amibr": ManifestFormat("file", "label", "domain", "split", "votes_atypical", "slide"),
     "midog25": ManifestFormat("image_id", "majority", "Tumor", default_suffix=".png"),
 }
 
@@ -58,6 +59,7 @@ class PatchSet:
     paths: list[str]
     splits: np.ndarray | None = None
     votes: np.ndarray | None = None  # fraction of experts voting atypical, when known
+    slides: np.ndarray | None = None  # source slide (``domain/slide``), for slide-grouped cross-validation
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -73,6 +75,7 @@ class PatchSet:
             paths=[self.paths[i] for i in index],
             splits=pick(self.splits),
             votes=pick(self.votes),
+            slides=pick(self.slides),
         )
 
     def where(self, *, split: str | None = None, domains: list[str] | None = None) -> PatchSet:
@@ -94,6 +97,7 @@ class _Row:
     domain: str
     split: str | None
     votes: float | None
+    slide: str | None = None
 
 
 def load_patches(source: str | Path, format: str | ManifestFormat = "amibr", root: str | Path | None = None,
@@ -132,6 +136,7 @@ def load_patches(source: str | Path, format: str | ManifestFormat = "amibr", roo
         raise ManifestError(f"{source}: no patches")
     has_split = any(r.split is not None for r in rows)
     has_votes = any(r.votes is not None for r in rows)
+    has_slides = any(r.slide is not None for r in rows)
     return PatchSet(
         images=images,
         labels=np.array([r.label for r in rows], np.int64),
@@ -139,6 +144,7 @@ def load_patches(source: str | Path, format: str | ManifestFormat = "amibr", roo
         paths=[str(r.path) for r in rows],
         splits=np.array([r.split or "" for r in rows]) if has_split else None,
         votes=np.array([np.nan if r.votes is None else r.votes for r in rows], np.float32) if has_votes else None,
+        slides=np.array([f"{r.domain}/{r.slide or r.path.name}" for r in rows]) if has_slides else None,
     )
 
 
@@ -167,9 +173,10 @@ def _read_manifest(path: Path, fmt: ManifestFormat, root: Path) -> tuple[list[_R
             votes = None
             if fmt.votes_column and rec.get(fmt.votes_column, "") not in ("", None):
                 votes = float(rec[fmt.votes_column]) / 3.0
+            slide = (rec.get(fmt.slide_column) or "").strip() or None if fmt.slide_column else None
             rows.append(_Row(line, file, y,
                              rec[fmt.domain_column].strip() if fmt.domain_column else "all",
-                             rec[fmt.split_column].strip() if fmt.split_column else None, votes))
+                             rec[fmt.split_column].strip() if fmt.split_column else None, votes, slide))
     return rows, problems
 
 

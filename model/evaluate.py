@@ -33,17 +33,21 @@ def predict(net: ClassifierNet, images: np.ndarray, batch_size: int = 64, tta: b
     return torch.cat(probs).numpy()
 
 
-def evaluate_run(runs: list[str | Path], images: np.ndarray, tta: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per fold model and the vote: name -> (probability, predicted class)."""
+def evaluate_run(runs: list[str | Path], images: np.ndarray, tta: bool = False,
+                 vote_folds: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per fold model and the vote: name -> (probability, predicted class). Fold models are named by their
+    folder, or ``run/fold`` where folders of several runs share a name."""
+    folders = [f for r in runs for f in find_fold_checkpoints(r)]
+    clash = len({f.name for f in folders}) < len(folders)
     results, columns, thresholds = {}, [], []
-    for folder in (f for r in runs for f in find_fold_checkpoints(r)):
+    for folder in folders:
         net, config = load_pruned(folder)
         p = predict(net, images, tta=tta)
         t = float(config.get("threshold", 0.5))
-        results[folder.name] = (p, p >= t)
+        results[f"{folder.parent.name}/{folder.name}" if clash else folder.name] = (p, p >= t)
         columns.append(p)
         thresholds.append(t)
-    if len(columns) > 1:
+    if vote_folds and len(columns) > 1:
         pred, conf = vote(np.stack(columns, 1), thresholds)
         results[f"vote ({len(columns)} folds)"] = (conf, pred)
     return results
@@ -56,12 +60,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--format", default="amibr", choices=[*FORMATS, "folders"])
     p.add_argument("--split", help="evaluate only this split (e.g. test)")
     p.add_argument("--tta", action="store_true", help="average over the 8 rotations/flips")
+    p.add_argument("--no-vote", action="store_true", help="score the models one by one only (e.g. ablation variants)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     data = load_patches(args.manifest, args.format)
     if args.split:
         data = data.where(split=args.split)
-    results = evaluate_run(args.runs, data.images, tta=args.tta)
+    results = evaluate_run(args.runs, data.images, tta=args.tta, vote_folds=not args.no_vote)
     table = evaluate_models(data.labels, data.domains, results)
     title = f"{', '.join(Path(r).name for r in args.runs)} on {Path(args.manifest).name}" + (f" ({args.split})" if args.split else "")
     write_report(table, data.labels, results, args.out, title)

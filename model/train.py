@@ -1,11 +1,12 @@
-"""Leave-one-domain-out training of the multi-task network (Lightning).
+"""Cross-validated training of any recipe (Lightning): seed 001's multi-task network by default.
 
     python -m model.train --manifest ../shared/data/amibr/manifest.csv --split train \
         --preset seed001 --out runs/amibr-seed001
 
-One fold per domain (validation = that domain); each fold writes ``<out>/<fold>/``: Lightning checkpoints
-every epoch (``ckpt/last.ckpt``, ``ckpt/best.ckpt``), ``metrics.csv`` (per-epoch losses, BA, AUROC,
-patches/s), and, when the fold finishes, ``model.safetensors`` + ``config.json`` (see checkpoint.py).
+Folds: leave one domain out (``cv=lodo``; validation = that domain) or slide-grouped stratified k-fold
+(``cv=slide-kfold``). Each fold writes ``<out>/<fold>/``: Lightning checkpoints every epoch
+(``ckpt/last.ckpt``, ``ckpt/best.ckpt``), ``metrics.csv`` (per-epoch losses, BA, AUROC, patches/s), and,
+when the fold finishes, ``model.safetensors`` + ``config.json`` (see checkpoint.py; LoRA merged).
 ``--resume`` skips finished folds and continues an interrupted one from ``ckpt/last.ckpt``.
 CPU runs use bf16 autocast + channels_last; GPUs use AMP; several GPUs use Lightning's DDP.
 """
@@ -22,7 +23,8 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
@@ -30,25 +32,46 @@ from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 from model.augment import augment
 from model.checkpoint import WEIGHTS_FILE, load_weights_only, save_checkpoint
 from model.data import FORMATS, PatchSet, load_patches
-from model.folds import Fold, lodo_folds
+from model.folds import Fold, make_folds
 from model.losses import binary_dice_loss, inverse_frequency_weights, multiclass_dice_loss, weighted_bce
 from model.masks import GENERATOR_VERSION, generate_masks, load_masks
-from model.network import MultiTaskNet
-from model.recipe import PRESETS, Recipe
+from model.network import build_network, has_decoders
+from model.objectives import (AdaptiveFocalLoss, DomainAwareSampler, DomainHead, ProjectionHead, SupConLoss,
+                              dann_schedule, mixup, soft_targets)
+from model.recipe import LOSSES, PRESETS, SAMPLING, Recipe
 
 SELECT = {"val_loss": ("val/loss", "min"), "val_ba": ("val/ba", "max")}
 
 
 class MitosisTask(L.LightningModule):
-    """Wraps :class:`MultiTaskNet` with the seed-001 loss, augmentation and validation metrics."""
+    """Wraps a network from :func:`build_network` with the recipe's losses, augmentation and metrics.
 
-    def __init__(self, recipe: dict, class_weights: tuple[float, float], steps_per_epoch: int) -> None:
+    Loss = classification (class-weighted BCE or adaptive focal, on hard or vote-softened targets, MixUp
+    optional) + Dice + Dice (decoders) + supervised contrastive (projection of the embedding) + domain
+    adversarial (gradient reversal). The projection and domain heads live here, not in the network, so
+    checkpoints and exports hold the network alone.
+    """
+
+    def __init__(self, recipe: dict, class_weights: tuple[float, float], steps_per_epoch: int,
+                 n_domains: int = 1) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.recipe = Recipe.from_dict(recipe)
-        self.class_weights = tuple(class_weights)
+        r = self.recipe
+        self.class_weights = tuple(class_weights) if r.class_weighted else (1.0, 1.0)
         self.steps_per_epoch = steps_per_epoch
-        self.net = MultiTaskNet(self.recipe.network).to(memory_format=torch.channels_last)
+        self.net = build_network(r.network, train=True).to(memory_format=torch.channels_last)
+        self.decoders = has_decoders(r.network)
+        if r.mixup_alpha and self.decoders:
+            raise ValueError("MixUp mixes images but not their masks: use it with decoders off (single task)")
+        self.focal = AdaptiveFocalLoss(self.class_weights, r.focal_gamma) if r.loss == "focal" else None
+        if r.loss not in LOSSES:
+            raise ValueError(f"unknown loss {r.loss!r} (one of {LOSSES})")
+        dim = self.net.embed_dim
+        self.projection = ProjectionHead(dim) if r.supcon_weight else None
+        self.supcon = SupConLoss(r.supcon_temperature) if r.supcon_weight else None
+        self.domain_head = DomainHead(dim, n_domains) if r.domain_adversarial else None
+        self.sampler: DomainAwareSampler | None = None  # set by train_fold for domain-aware sampling
         self._val_probs: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
 
@@ -57,11 +80,19 @@ class MitosisTask(L.LightningModule):
         """uint8 [N,H,W,3] -> float [N,3,H,W] in [0,1], channels_last memory."""
         return images.permute(0, 3, 1, 2).float().div_(255).contiguous(memory_format=torch.channels_last)
 
-    def losses(self, out: dict, labels: torch.Tensor, pix: torch.Tensor) -> dict[str, torch.Tensor]:
+    def targets(self, labels: torch.Tensor, votes: torch.Tensor) -> torch.Tensor:
+        return soft_targets(labels, votes, self.recipe.soft_labels) if self.recipe.soft_labels else labels
+
+    def classification_loss(self, logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.focal is not None:
+            return self.focal(logit, target)
+        return weighted_bce(logit, target, self.class_weights)
+
+    def losses(self, out: dict, target: torch.Tensor, pix: torch.Tensor) -> dict[str, torch.Tensor]:
         w_cls, w_seg, w_pix = self.recipe.loss_weights
-        parts = {"bce": weighted_bce(out["logit"], labels, self.class_weights)}
-        total = w_cls * parts["bce"]
-        if "seg" in out:
+        parts = {"cls": self.classification_loss(out["logit"], target)}
+        total = w_cls * parts["cls"]
+        if self.decoders:
             parts["dice_seg"] = binary_dice_loss(out["seg"], pix > 0)
             parts["dice_pix"] = multiclass_dice_loss(out["pix"], pix)
             total = total + w_seg * parts["dice_seg"] + w_pix * parts["dice_pix"]
@@ -69,17 +100,33 @@ class MitosisTask(L.LightningModule):
         return parts
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
-        images, pix, labels = batch
-        x, pix = augment(self.to_input(images), pix, self.recipe.augment)
-        parts = self.losses(self.net(x.contiguous(memory_format=torch.channels_last)), labels, pix)
+        images, pix, labels, votes, domains, index = batch
+        r = self.recipe
+        x, pix = augment(self.to_input(images), pix if self.decoders else None, r.augment)
+        target = self.targets(labels, votes)
+        if r.mixup_alpha:
+            x, target = mixup(x, target, r.mixup_alpha)
+        out = self.net(x.contiguous(memory_format=torch.channels_last))
+        parts = self.losses(out, target, pix)
+        if self.supcon is not None:
+            parts["supcon"] = self.supcon(self.projection(out["embedding"].float()), labels.long())
+            parts["loss"] = parts["loss"] + r.supcon_weight * parts["supcon"]
+        if self.domain_head is not None:
+            progress = self.global_step / max(1, r.epochs * self.steps_per_epoch)
+            domain_logits = self.domain_head(out["embedding"].float(), dann_schedule(progress))
+            parts["domain"] = F.cross_entropy(domain_logits, domains)
+            parts["loss"] = parts["loss"] + r.domain_adversarial * parts["domain"]
+        if self.sampler is not None:
+            per_sample = F.binary_cross_entropy_with_logits(out["logit"].float().detach(), target.float(), reduction="none")
+            self.sampler.update(index, per_sample)
         self.log_dict({f"train/{k}": v for k, v in parts.items()}, on_step=False, on_epoch=True,
                       batch_size=len(labels), sync_dist=True)
         return parts["loss"]
 
     def validation_step(self, batch: tuple, batch_idx: int) -> None:
-        images, pix, labels = batch
+        images, pix, labels, votes, _, _ = batch
         out = self.net(self.to_input(images))
-        parts = self.losses(out, labels, pix)
+        parts = self.losses(out, self.targets(labels, votes), pix)
         self.log_dict({f"val/{k}": v for k, v in parts.items()}, on_epoch=True, batch_size=len(labels),
                       sync_dist=True)
         self._val_probs.append(torch.sigmoid(out["logit"].float()).detach())
@@ -96,11 +143,16 @@ class MitosisTask(L.LightningModule):
 
     def configure_optimizers(self):
         r = self.recipe
-        opt = torch.optim.Adam(self.net.parameters(), lr=r.lr, weight_decay=r.weight_decay)
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay)
         if r.schedule == "constant":
             return opt
+        if r.schedule == "plateau":
+            monitor, mode = SELECT[r.select]
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=mode, factor=0.5, patience=3, min_lr=1e-7)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": monitor, "interval": "epoch"}}
         if r.schedule != "cosine":
-            raise ValueError(f"unknown schedule {r.schedule!r} (constant | cosine)")
+            raise ValueError(f"unknown schedule {r.schedule!r} (constant | cosine | plateau)")
         total = max(1, r.epochs * self.steps_per_epoch)
         warm = int(r.warmup_epochs * self.steps_per_epoch)
 
@@ -127,13 +179,34 @@ class Throughput(Callback):
         module.log_dict({"perf/train_patches_per_s": self._seen / dt, "perf/train_epoch_s": dt})
 
 
-def tensors(ps: PatchSet, masks: np.ndarray) -> TensorDataset:
-    """uint8 images, pixel-class targets (0 background, 1 normal, 2 atypical), float labels."""
-    pix = masks.astype(np.uint8) * (1 + ps.labels[:, None, None]).astype(np.uint8)
-    return TensorDataset(torch.from_numpy(ps.images), torch.from_numpy(pix), torch.from_numpy(ps.labels.astype(np.float32)))
+def tensors(ps: PatchSet, masks: np.ndarray | None, domain_ids: np.ndarray) -> TensorDataset:
+    """uint8 images, pixel-class targets (0 background, 1 normal, 2 atypical; a 1x1 placeholder without
+    masks), float labels, vote fractions (NaN where unknown), domain ids, row indices."""
+    if masks is None:
+        pix = np.zeros((len(ps), 1, 1), np.uint8)
+    else:
+        pix = masks.astype(np.uint8) * (1 + ps.labels[:, None, None]).astype(np.uint8)
+    votes = ps.votes if ps.votes is not None else np.full(len(ps), np.nan, np.float32)
+    return TensorDataset(torch.from_numpy(ps.images), torch.from_numpy(pix),
+                         torch.from_numpy(ps.labels.astype(np.float32)), torch.from_numpy(votes.astype(np.float32)),
+                         torch.from_numpy(domain_ids.astype(np.int64)), torch.arange(len(ps)))
 
 
-def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray, recipe: Recipe, out: Path, *, resume: bool,
+def train_loader(train: PatchSet, data: TensorDataset, recipe: Recipe, weights: tuple[float, float],
+                 gen: torch.Generator) -> tuple[DataLoader, DomainAwareSampler | None]:
+    n = recipe.batch_size
+    if recipe.sampling == "shuffle":
+        return DataLoader(data, n, shuffle=True, drop_last=True, generator=gen), None
+    if recipe.sampling == "balanced":
+        sample_w = np.where(train.labels == 1, weights[1], weights[0])
+        return DataLoader(data, n, drop_last=True, sampler=WeightedRandomSampler(sample_w.tolist(), len(train), generator=gen)), None
+    if recipe.sampling == "domain-aware":
+        sampler = DomainAwareSampler(train.domains, train.labels, len(train), recipe.hard_example_weight, generator=gen)
+        return DataLoader(data, n, drop_last=True, sampler=sampler), sampler
+    raise ValueError(f"unknown sampling {recipe.sampling!r} (one of {SAMPLING})")
+
+
+def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray | None, recipe: Recipe, out: Path, *, resume: bool,
                accelerator: str, devices: str | int, precision: str | None, max_steps: int = -1,
                limit_val_batches: float | int = 1.0, progress: bool = True, mask_source: str = GENERATOR_VERSION) -> Path:
     """Train one fold; returns its folder (with model.safetensors + config.json)."""
@@ -141,28 +214,29 @@ def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray, recipe: Recipe, ou
     if resume and (folder / WEIGHTS_FILE).is_file():
         print(f"[{fold.name}] finished earlier, skipped")
         return folder
-    train_idx, val_idx, _ = fold.indices(data.domains)
+    train_idx, val_idx, _ = fold.indices(data.domains, data.slides)
     train, val = data.subset(train_idx), data.subset(val_idx)
     weights = inverse_frequency_weights(train.labels)
+    domain_names = sorted(set(train.domains))  # the domain head's classes (validation ids are never used)
+    domain_id = lambda ps: np.searchsorted(domain_names, ps.domains).clip(0, len(domain_names) - 1)  # noqa: E731
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     gen = torch.Generator().manual_seed(recipe.seed)
-    train_set = tensors(train, masks[train_idx])
-    if recipe.balanced_sampling:
-        sample_w = np.where(train.labels == 1, weights[1], weights[0])
-        loader = DataLoader(train_set, recipe.batch_size, drop_last=True, generator=gen,
-                            sampler=WeightedRandomSampler(sample_w.tolist(), len(train), generator=gen))
-    else:
-        loader = DataLoader(train_set, recipe.batch_size, shuffle=True, drop_last=True, generator=gen)
-    val_loader = DataLoader(tensors(val, masks[val_idx]), 64)
-    module = MitosisTask(recipe.to_dict(), weights, len(loader))
+    pick = (lambda idx: masks[idx]) if masks is not None else (lambda idx: None)  # noqa: E731
+    loader, sampler = train_loader(train, tensors(train, pick(train_idx), domain_id(train)), recipe, weights, gen)
+    val_loader = DataLoader(tensors(val, pick(val_idx), domain_id(val)), 64)
+    module = MitosisTask(recipe.to_dict(), weights, len(loader), len(domain_names))
+    module.sampler = sampler
     monitor, mode = SELECT[recipe.select]
     best = ModelCheckpoint(folder / "ckpt", filename="best", monitor=monitor, mode=mode, save_last=True,
                            save_top_k=1, enable_version_counter=False)
+    callbacks = [best, Throughput()]
+    if recipe.early_stopping:
+        callbacks.append(EarlyStopping(monitor, patience=recipe.early_stopping, mode=mode, strict=False))  # --max-steps may end before any validation
     on_gpu = accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
     trainer = L.Trainer(
         max_epochs=recipe.epochs, max_steps=max_steps, accelerator=accelerator, devices=devices,
         precision=precision or "bf16-mixed", deterministic="warn" if on_gpu else True,
-        logger=CSVLogger(folder, name="", version=""), callbacks=[best, Throughput()],
+        logger=CSVLogger(folder, name="", version=""), callbacks=callbacks,
         num_sanity_val_steps=0, limit_val_batches=limit_val_batches, log_every_n_steps=10,
         enable_progress_bar=progress, enable_model_summary=False,
     )
@@ -172,16 +246,18 @@ def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray, recipe: Recipe, ou
     if trainer.global_rank != 0:
         return folder
     state = load_weights_only(best.best_model_path or last)
-    module.net.load_state_dict({k.removeprefix("net."): v for k, v in state["state_dict"].items()})
+    module.load_state_dict(state["state_dict"])
+    net = module.net.merged() if hasattr(module.net, "merged") else module.net
     selected = {k: float(v) for k, v in trainer.callback_metrics.items()} if not best.best_model_path else None
     meta = {
         "fold": fold.to_dict(), "recipe": recipe.to_dict(), "class_weights": weights, "threshold": 0.5,
-        "selected_epoch": int(state["epoch"]), "selected_on": monitor, "masks": mask_source,
+        "selected_epoch": int(state["epoch"]), "selected_on": monitor,
+        "masks": mask_source if has_decoders(recipe.network) else None,
         "selected_score": float(best.best_model_score) if best.best_model_score is not None else selected,
         "data": {"train": int(len(train)), "val": int(len(val)),
                  "train_atypical": int(train.labels.sum()), "val_atypical": int(val.labels.sum())},
     }
-    save_checkpoint(folder, module.net.float(), meta)
+    save_checkpoint(folder, net.float(), meta)
     print(f"[{fold.name}] selected epoch {meta['selected_epoch']} ({monitor} = {meta['selected_score']})")
     return folder
 
@@ -190,10 +266,14 @@ def build_recipe(args: argparse.Namespace) -> Recipe:
     recipe = PRESETS[args.preset]
     overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "select", "seed") if getattr(args, k) is not None}
     recipe = replace(recipe, **overrides)
+    net = recipe.network
     if args.backbone:
-        recipe = replace(recipe, network=replace(recipe.network, backbone=args.backbone))
+        net = replace(net, backbone=args.backbone)
     if args.pretrained:
-        recipe = replace(recipe, network=replace(recipe.network, pretrained=True if args.pretrained == "hub" else args.pretrained))
+        net = replace(net, pretrained=True if args.pretrained == "hub" else args.pretrained)
+    recipe = replace(recipe, network=net).with_overrides(args.set or [])
+    if recipe.network.kind == "foundation" and not recipe.network.pretrained:
+        print("warning: a foundation model without --pretrained PATH starts from random weights")
     return recipe.single_task() if args.single_task else recipe
 
 
@@ -210,11 +290,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--select", choices=sorted(SELECT))
     p.add_argument("--seed", type=int)
-    p.add_argument("--backbone", help="timm CNN name with features_only support (default resnetv2_50)")
-    p.add_argument("--pretrained", help="'hub' for timm's weights, or a local weights file")
+    p.add_argument("--backbone", help="timm model name (multi-task: a CNN with features_only), or a foundation model")
+    p.add_argument("--pretrained", help="'hub' for timm's weights, or a local weights file (foundation models: required)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override any recipe field, e.g. mixup_alpha=0.2, network.finetune=linear, augment.hue=0.05")
     p.add_argument("--single-task", action="store_true", help="decoders off (ablation)")
-    p.add_argument("--folds", help="comma-separated validation domains to run (default: all)")
-    p.add_argument("--hold-out-test", action="store_true", help="each fold also holds the next domain out for test")
+    p.add_argument("--folds", help="comma-separated fold names or validation domains to run (default: all)")
+    p.add_argument("--hold-out-test", action="store_true", help="LODO: each fold also holds the next domain out for test")
     p.add_argument("--masks", help="folder of masks made elsewhere (default: built-in generator)")
     p.add_argument("--cache", default="cache", help="mask cache folder")
     p.add_argument("--resume", action="store_true")
@@ -230,14 +312,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.split:
         data = data.where(split=args.split)
     print(f"{len(data)} patches, {int(data.labels.sum())} atypical, domains {sorted(set(data.domains))}")
-    if args.masks:
-        masks = load_masks(args.masks, data.paths, args.root or Path(args.manifest).parent)
-    else:
-        masks = generate_masks(data.images, args.cache)
-    folds = lodo_folds(data.domains, args.hold_out_test)
+    masks = None
+    if has_decoders(recipe.network):
+        masks = load_masks(args.masks, data.paths, args.root or Path(args.manifest).parent) if args.masks \
+            else generate_masks(data.images, args.cache)
+    folds = make_folds(recipe.cv, data.domains, data.labels, data.slides, n_splits=recipe.n_splits,
+                       hold_out_test=args.hold_out_test, seed=recipe.seed)
     if args.folds:
         wanted = args.folds.split(",")
-        folds = [f for f in folds if f.val_domain in wanted]
+        folds = [f for f in folds if f.val_domain in wanted or f.name in wanted]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
     limit_val = int(args.limit_val_batches) if args.limit_val_batches > 1 else args.limit_val_batches

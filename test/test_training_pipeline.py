@@ -35,7 +35,7 @@ def test_a_few_training_steps_lower_the_loss(patches):
     recipe = Recipe(lr=1e-3, network=SMALL, augment=AugmentConfig(d4=False, rotation_deg=0, stain_scale=0,
                                                                  stain_shift=0, brightness=0, contrast=0))
     task = train.MitosisTask(recipe.to_dict(), (1.0, 1.0), steps_per_epoch=1)
-    batch = train.tensors(patches, generate_masks(patches.images)).tensors
+    batch = train.tensors(patches, generate_masks(patches.images), np.zeros(len(patches))).tensors
     opt = torch.optim.Adam(task.net.parameters(), lr=recipe.lr)
     losses = []
     for _ in range(8):

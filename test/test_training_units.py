@@ -98,7 +98,7 @@ def test_network_output_shapes_at_128px(decoders):
     if decoders:
         assert out["seg"].shape == (2, 32, 32) and out["pix"].shape == (2, 3, 32, 32)
     else:
-        assert set(out) == {"logit"}
+        assert set(out) == {"logit", "embedding"} and out["embedding"].shape == (2, 2048)
     pruned = net.pruned()
     assert set(pruned.state_dict()) == {k for k in net.state_dict() if k.startswith(("encoder.", "classifier."))}
     torch.testing.assert_close(pruned(torch.zeros(1, 3, 128, 128)), net(torch.zeros(1, 3, 128, 128))["logit"])
