@@ -16,10 +16,10 @@ from pathlib import Path
 import timm
 import torch
 from peft import LoraConfig, LoraModel
+from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
+from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
 from timm.layers import SwiGLUPacked
 from torch import nn
-
-from model.network import IMAGENET_MEAN, IMAGENET_STD
 
 LORA_TARGETS = r".*\.attn\.(qkv|proj)"  # timm ViT attention Linear layers (not patch_embed.proj, a conv)
 
