@@ -125,3 +125,15 @@ def test_seed002_presets_follow_the_published_recipe():
             5e-5, "slide-kfold", 5, "balanced", "val_ba", 224)
         assert r.early_stopping > 0 and r.augment.crop_scale == (0.8, 1.0) and r.augment.flips and not r.augment.d4
     assert math.isclose(PRESETS["seed001"].lr, 4e-5) and PRESETS["seed001"].batch_size == 24
+
+
+def test_the_shared_threshold_maximises_mean_validation_balanced_accuracy():
+    from model.calibrate import best_shared_threshold
+
+    y = np.array([0, 0, 0, 1, 1, 1])
+    a = (y, np.array([0.1, 0.3, 0.35, 0.4, 0.6, 0.9]))  # separable at any t in (0.35, 0.4]
+    b = (y, np.array([0.2, 0.25, 0.3, 0.38, 0.7, 0.8]))  # separable at any t in (0.3, 0.38]
+    t, score = best_shared_threshold([a, b])
+    assert 0.35 < t <= 0.38 and score == 1.0
+    t, _ = best_shared_threshold([(y, np.array([0.1, 0.1, 0.1, 0.9, 0.9, 0.9]))])
+    assert t == 0.5  # a flat optimum keeps the default

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from model import evaluate, export, train
+from model import calibrate, evaluate, export, train
 from model.checkpoint import load_network, load_weights_only, save_checkpoint
 from model.data import load_patches
 from model.masks import generate_masks
@@ -95,7 +95,13 @@ def test_cli_trains_all_folds_resumes_evaluates_and_exports(tmp_path, capsys):
     assert {"all", "tupac16"} <= set(report["models"]["vote (4 folds)"])
     assert all((tmp_path / "report" / f).stat().st_size > 1000 for f in ("roc.png", "confusion.png", "report.md"))
 
+    calibrate.main([str(out), "--manifest", str(FIXTURE / "manifest.csv"), "--split", "train", "--tta", "--write"])
+    chosen = json.loads((out / "calibration.json").read_text())
+    assert len(chosen["folds"]) == 4 and chosen["tta"] in ("none", "d4") and 0.2 <= chosen["threshold"] <= 0.8
+    assert all(json.loads((out / f / "config.json").read_text())["threshold"] == chosen["threshold"] for f in folds)
+
     doc = export.export_ensemble([out], tmp_path / "weights", manifest=str(FIXTURE / "manifest.csv"))
+    assert all(f["threshold"] == chosen["threshold"] for f in doc["folds"])
     parity = doc["provenance"]["parity_vs_pytorch_fp32"]
     assert parity["real"]["patches"] == 16 and parity["real"]["class_agreement"] >= 0.9
     assert parity["real"]["max_abs_logit_delta"] < 0.1 and parity["random"]["max_abs_logit_delta"] < 0.1
