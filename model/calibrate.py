@@ -1,6 +1,6 @@
 """Choose the ensemble's decision threshold and test-time augmentation on the validation parts only.
 
-    python -m model.calibrate runs/amibr-mtl-e10 --manifest ../shared/data/amibr/manifest.csv --split train \
+    python -m model.calibrate runs/amibr-mtl-e25 --manifest ../shared/data/amibr/manifest.csv --split train \
         [--tta] [--write]
 
 Each fold model predicts its own validation part (its held-out domain or slides), never the test split.

@@ -6,9 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MANIFEST="${1:-../shared/data/amibr/manifest.csv}"
-RUN="${RUN:-runs/amibr-mtl-e10}"
+RUN="${RUN:-runs/amibr-mtl-e25}"
 PY="${PYTHON:-.venv/bin/python}"
-"$PY" -m model.train --manifest "$MANIFEST" --split train --preset scratch --epochs 10 --out "$RUN" --resume
+"$PY" -m model.train --manifest "$MANIFEST" --split train --preset scratch --epochs 25 --out "$RUN" --resume
 "$PY" -m model.evaluate "$RUN" --manifest "$MANIFEST" --split test --out "reports/$(basename "$RUN")"
 PYTHON="$PY" ./export.sh "$RUN" --out weights --manifest "$MANIFEST" --split test
 tmp="$(mktemp -d)"
