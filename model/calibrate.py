@@ -10,18 +10,23 @@ Each fold model predicts its own validation part (its held-out domain or slides)
   the grid value that maximises the mean validation balanced accuracy.
 Writes ``calibration.json`` in the run folder; ``--write`` also puts the threshold into every fold's
 ``config.json`` (export.py carries it into ``ensemble.json``).
+
+``--pick OUT`` with several runs of the same folds (e.g. a run and its continuation with ``--init``): for each
+fold, the model with the highest validation balanced accuracy is copied to ``OUT/<fold>/``, and
+``OUT/selection.json`` records every candidate's figure.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score
 
-from model.checkpoint import CONFIG_FILE, find_fold_checkpoints, load_pruned
+from model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, find_fold_checkpoints, load_pruned
 from model.data import FORMATS, load_patches
 from model.evaluate import predict
 from model.folds import Fold
@@ -50,7 +55,8 @@ def calibrate(runs: list[str | Path], manifest: str, fmt: str = "amibr", split: 
         if len(val) == 0:
             raise ValueError(f"{folder}: no validation patches of fold {fold.name} in {manifest}")
         y = data.labels[val]
-        row = {"fold": folder.name, "patches": int(len(val)), "probs": predict(net, data.images[val])}
+        row = {"fold": folder.name, "model": str(folder), "patches": int(len(val)),
+               "probs": predict(net, data.images[val])}
         plain.append((y, row["probs"]))
         row["ba_at_0.5"] = float(balanced_accuracy_score(y, row["probs"] >= 0.5))
         if tta:
@@ -68,6 +74,24 @@ def calibrate(runs: list[str | Path], manifest: str, fmt: str = "amibr", split: 
     return doc
 
 
+def pick_per_fold(doc: dict, out: str | Path) -> dict:
+    """Copy each fold's best model (validation BA at 0.5; ties keep the earlier run) into ``out``."""
+    out = Path(out)
+    best: dict[str, dict] = {}
+    for row in doc["folds"]:
+        if row["fold"] not in best or row["ba_at_0.5"] > best[row["fold"]]["ba_at_0.5"]:
+            best[row["fold"]] = row
+    for name, row in best.items():
+        (out / name).mkdir(parents=True, exist_ok=True)
+        for file in (WEIGHTS_FILE, CONFIG_FILE):
+            shutil.copy2(Path(row["model"]) / file, out / name / file)
+    selection = {"chosen": {name: row["model"] for name, row in sorted(best.items())},
+                 "mean_ba_at_0.5": float(np.mean([row["ba_at_0.5"] for row in best.values()])),
+                 "candidates": doc["folds"]}
+    (out / "selection.json").write_text(json.dumps(selection, indent=2) + "\n")
+    return selection
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run folder(s) with fold checkpoints")
@@ -76,8 +100,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--split", help="the split the folds were trained on (e.g. train)")
     p.add_argument("--tta", action="store_true", help="also compare D4 test-time augmentation")
     p.add_argument("--write", action="store_true", help="write the threshold into each fold's config.json")
+    p.add_argument("--pick", metavar="OUT", help="copy each fold's best model across the runs into this folder")
     args = p.parse_args(argv)
     doc = calibrate(args.runs, args.manifest, args.format, args.split, args.tta)
+    if args.pick:
+        print(json.dumps(pick_per_fold(doc, args.pick), indent=2))
+        return
     print(json.dumps(doc, indent=2))
     for run in args.runs:
         (Path(run) / "calibration.json").write_text(json.dumps(doc, indent=2) + "\n")

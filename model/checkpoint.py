@@ -43,6 +43,22 @@ def load_network(folder: str | Path) -> tuple[nn.Module, dict]:
     return net.eval(), config
 
 
+def init_weights(net: nn.Module, path: str | Path) -> list[str]:
+    """Start ``net`` from the tensors of a fold folder (or a ``.safetensors`` file) to fine-tune or train on.
+
+    Every tensor there must exist in ``net`` with the same shape. Returns the names of ``net``'s tensors that
+    the file lacks (e.g. the decoders, when it comes from a single-task model); they keep their fresh values.
+    """
+    path = Path(path)
+    file = path / WEIGHTS_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no weights to start from")
+    result = net.load_state_dict(load_file(file), strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"{file}: tensors the network does not have, e.g. {result.unexpected_keys[:3]}")
+    return list(result.missing_keys)
+
+
 def load_pruned(folder: str | Path) -> tuple[nn.Module, dict]:
     net, config = load_network(folder)
     return net.pruned().eval(), config

@@ -7,7 +7,8 @@ Folds: leave one domain out (``cv=lodo``; validation = that domain) or slide-gro
 (``cv=slide-kfold``). Each fold writes ``<out>/<fold>/``: Lightning checkpoints every epoch
 (``ckpt/last.ckpt``, ``ckpt/best.ckpt``), ``metrics.csv`` (per-epoch losses, BA, AUROC, patches/s), and,
 when the fold finishes, ``model.safetensors`` + ``config.json`` (see checkpoint.py; LoRA merged).
-``--resume`` skips finished folds and continues an interrupted one from ``ckpt/last.ckpt``.
+``--resume`` skips finished folds and continues an interrupted one from ``ckpt/last.ckpt``. ``--init RUN``
+starts each fold from the same fold's weights in an earlier run (continued training or fine-tuning).
 CPU runs use bf16 autocast + channels_last; GPUs use AMP; several GPUs use Lightning's DDP.
 """
 
@@ -30,7 +31,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
 from model.augment import augment
-from model.checkpoint import WEIGHTS_FILE, load_weights_only, save_checkpoint
+from model.checkpoint import WEIGHTS_FILE, init_weights, load_weights_only, save_checkpoint
 from model.data import FORMATS, PatchSet, load_patches
 from model.folds import Fold, make_folds
 from model.losses import binary_dice_loss, inverse_frequency_weights, multiclass_dice_loss, weighted_bce
@@ -208,8 +209,10 @@ def train_loader(train: PatchSet, data: TensorDataset, recipe: Recipe, weights: 
 
 def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray | None, recipe: Recipe, out: Path, *, resume: bool,
                accelerator: str, devices: str | int, precision: str | None, max_steps: int = -1,
-               limit_val_batches: float | int = 1.0, progress: bool = True, mask_source: str = GENERATOR_VERSION) -> Path:
-    """Train one fold; returns its folder (with model.safetensors + config.json)."""
+               limit_val_batches: float | int = 1.0, progress: bool = True, mask_source: str = GENERATOR_VERSION,
+               init: Path | None = None) -> Path:
+    """Train one fold; returns its folder (with model.safetensors + config.json). ``init``: a run folder
+    whose same-named fold (or a fold folder / weights file) the network starts from."""
     folder = out / fold.name
     if resume and (folder / WEIGHTS_FILE).is_file():
         print(f"[{fold.name}] finished earlier, skipped")
@@ -226,6 +229,11 @@ def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray | None, recipe: Rec
     val_loader = DataLoader(tensors(val, pick(val_idx), domain_id(val)), 64)
     module = MitosisTask(recipe.to_dict(), weights, len(loader), len(domain_names))
     module.sampler = sampler
+    last = folder / "ckpt" / "last.ckpt"
+    init_file = fold_weights(init, fold.name) if init is not None else None
+    if init_file is not None and not (resume and last.is_file()):
+        fresh = init_weights(module.net, init_file)
+        print(f"[{fold.name}] starting from {init_file}" + (f"; {len(fresh)} tensors fresh" if fresh else ""))
     monitor, mode = SELECT[recipe.select]
     best = ModelCheckpoint(folder / "ckpt", filename="best", monitor=monitor, mode=mode, save_last=True,
                            save_top_k=1, enable_version_counter=False)
@@ -240,7 +248,6 @@ def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray | None, recipe: Rec
         num_sanity_val_steps=0, limit_val_batches=limit_val_batches, log_every_n_steps=10,
         enable_progress_bar=progress, enable_model_summary=False,
     )
-    last = folder / "ckpt" / "last.ckpt"
     trainer.fit(module, loader, val_loader, ckpt_path=last if resume and last.is_file() else None,
                 weights_only=True)
     if trainer.global_rank != 0:
@@ -253,6 +260,7 @@ def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray | None, recipe: Rec
         "fold": fold.to_dict(), "recipe": recipe.to_dict(), "class_weights": weights, "threshold": 0.5,
         "selected_epoch": int(state["epoch"]), "selected_on": monitor,
         "masks": mask_source if has_decoders(recipe.network) else None,
+        "init": str(init_file) if init_file is not None else None,
         "selected_score": float(best.best_model_score) if best.best_model_score is not None else selected,
         "data": {"train": int(len(train)), "val": int(len(val)),
                  "train_atypical": int(train.labels.sum()), "val_atypical": int(val.labels.sum())},
@@ -260,6 +268,14 @@ def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray | None, recipe: Rec
     save_checkpoint(folder, net.float(), meta)
     print(f"[{fold.name}] selected epoch {meta['selected_epoch']} ({monitor} = {meta['selected_score']})")
     return folder
+
+
+def fold_weights(init: Path, fold_name: str) -> Path:
+    """The weights a fold starts from: ``init/<fold>/`` when it exists, else ``init`` itself (one model for all)."""
+    for candidate in (init / fold_name / WEIGHTS_FILE, init / WEIGHTS_FILE, init):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"--init {init}: neither {init / fold_name / WEIGHTS_FILE} nor a weights file")
 
 
 def build_recipe(args: argparse.Namespace) -> Recipe:
@@ -300,6 +316,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--masks", help="folder of masks made elsewhere (default: built-in generator)")
     p.add_argument("--cache", default="cache", help="mask cache folder")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--init", type=Path, help="start each fold from the same fold's weights in this earlier run "
+                   "(or from one fold folder / .safetensors file); tensors it lacks, e.g. decoders, start fresh")
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--devices", default="auto")
     p.add_argument("--precision", help="Lightning precision (default bf16-mixed)")
@@ -327,7 +345,8 @@ def main(argv: list[str] | None = None) -> None:
     for fold in folds:
         train_fold(fold, data, masks, recipe, args.out, resume=args.resume, accelerator=args.accelerator,
                    devices=args.devices, precision=args.precision, max_steps=args.max_steps,
-                   limit_val_batches=limit_val, mask_source=f"external:{args.masks}" if args.masks else GENERATOR_VERSION)
+                   limit_val_batches=limit_val, mask_source=f"external:{args.masks}" if args.masks else GENERATOR_VERSION,
+                   init=args.init)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
-# Reproduce the shipped ensemble: train the 4 LODO folds on the AMi-Br train split, evaluate them on the
-# test split, export to weights/, refresh test/output/expected_output.json, and score the exported
-# ensemble through the container's code path. Resumable: rerun after an interruption.
+# Reproduce the shipped ensemble: train the 4 LODO folds on the AMi-Br train split (25 epochs), continue
+# each fold for ROUNDS rounds of 10 epochs (warm restart at lr 1e-4), keeping per fold whichever model
+# scores best on its validation domain; then evaluate on the test split, export to weights/, refresh
+# test/output/expected_output.json and score the exported ensemble through the container's code path.
+# Resumable: rerun after an interruption.
 #   scripts/reproduce_default.sh [path/to/amibr/manifest.csv]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MANIFEST="${1:-../shared/data/amibr/manifest.csv}"
-RUN="${RUN:-runs/amibr-mtl-e25}"
+BASE="${BASE:-runs/amibr-mtl-e25}"
+ROUNDS="${ROUNDS:-2}"
 PY="${PYTHON:-.venv/bin/python}"
-"$PY" -m model.train --manifest "$MANIFEST" --split train --preset scratch --epochs 25 --out "$RUN" --resume
+"$PY" -m model.train --manifest "$MANIFEST" --split train --preset scratch --epochs 25 --out "$BASE" --resume
+RUN="$BASE"
+for round in $(seq 1 "$ROUNDS"); do
+  "$PY" -m model.train --manifest "$MANIFEST" --split train --preset scratch --epochs 10 --lr 1e-4 \
+    --init "$RUN" --out "$BASE-ft$round" --resume
+  "$PY" -m model.calibrate "$RUN" "$BASE-ft$round" --manifest "$MANIFEST" --split train --pick "$BASE-pick$round"
+  RUN="$BASE-pick$round"
+done
+"$PY" -m model.calibrate "$RUN" --manifest "$MANIFEST" --split train --tta
 "$PY" -m model.evaluate "$RUN" --manifest "$MANIFEST" --split test --out "reports/$(basename "$RUN")"
 PYTHON="$PY" ./export.sh "$RUN" --out weights --manifest "$MANIFEST" --split test
 tmp="$(mktemp -d)"

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from model import calibrate, evaluate, export, train
-from model.checkpoint import load_network, load_weights_only, save_checkpoint
+from model.checkpoint import init_weights, load_network, load_weights_only, save_checkpoint
 from model.data import load_patches
 from model.masks import generate_masks
 from model.network import MultiTaskNet, NetworkConfig
@@ -60,6 +60,27 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
     assert config["threshold"] == 0.4 and config["network"]["backbone"] == "resnetv2_18"
 
 
+def test_init_weights_starts_from_a_single_task_model_and_keeps_fresh_decoders(tmp_path):
+    torch.manual_seed(0)
+    single = MultiTaskNet(NetworkConfig(**{**SMALL.to_dict(), "decoders": False}))
+    save_checkpoint(tmp_path / "st", single, {})
+    torch.manual_seed(1)
+    multi = MultiTaskNet(SMALL)
+    decoder_before = next(iter(multi.seg_decoder.parameters())).clone()
+    fresh = init_weights(multi, tmp_path / "st")
+    assert fresh and all(k.startswith(("seg_decoder.", "pix_decoder.")) for k in fresh)
+    for k, v in single.state_dict().items():
+        assert torch.equal(multi.state_dict()[k], v), k
+    assert torch.equal(next(iter(multi.seg_decoder.parameters())), decoder_before)
+    # a checkpoint of another architecture is refused, naming the problem
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        init_weights(MultiTaskNet(NetworkConfig(**{**SMALL.to_dict(), "head_hidden": (8, 4)})), tmp_path / "st")
+    with pytest.raises(ValueError, match="does not have"):
+        init_weights(torch.nn.Linear(2, 2), tmp_path / "st" / "model.safetensors")
+    with pytest.raises(FileNotFoundError, match="no weights"):
+        init_weights(multi, tmp_path / "missing")
+
+
 class _Exploit:
     def __reduce__(self):
         return (print, ("pwned",))
@@ -88,6 +109,24 @@ def test_cli_trains_all_folds_resumes_evaluates_and_exports(tmp_path, capsys):
     train.main(args + ["--resume"])  # finished folds are skipped
     assert (fold / "model.safetensors").stat().st_mtime_ns == stamp
     assert "finished earlier, skipped" in capsys.readouterr().out
+
+    # continued training: a fold starts from the same fold of the earlier run (its weights one Adam step at
+    # lr 4e-5 away; BatchNorm's running statistics move more)
+    tuned = tmp_path / "tuned"
+    tuned_args = [a if a != str(out) else str(tuned) for a in args]
+    train.main(tuned_args + ["--init", str(out), "--folds", folds[0], "--max-steps", "1"])
+    assert json.loads((tuned / folds[0] / "config.json").read_text())["init"] == str(fold / "model.safetensors")
+    start, after = load_network(fold)[0].state_dict(), load_network(tuned / folds[0])[0].state_dict()
+    assert max((after[k] - v).abs().max().item() for k, v in start.items() if "running_" not in k and v.is_floating_point()) < 1e-3
+    # per fold, the better of the two runs on its validation part is picked
+    calibrate.main([str(out), str(tuned), "--manifest", str(FIXTURE / "manifest.csv"), "--split", "train",
+                    "--pick", str(tmp_path / "picked")])
+    selection = json.loads((tmp_path / "picked" / "selection.json").read_text())
+    assert sorted(selection["chosen"]) == folds and len(selection["candidates"]) == 5
+    rivals = {c["model"]: c["ba_at_0.5"] for c in selection["candidates"] if c["fold"] == folds[0]}
+    winner = selection["chosen"][folds[0]]
+    assert len(rivals) == 2 and rivals[winner] == max(rivals.values())
+    assert (tmp_path / "picked" / folds[0] / "model.safetensors").read_bytes() == (Path(winner) / "model.safetensors").read_bytes()
 
     evaluate.main([str(out), "--manifest", str(FIXTURE / "manifest.csv"), "--out", str(tmp_path / "report")])
     report = json.loads((tmp_path / "report" / "report.json").read_text())
