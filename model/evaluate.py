@@ -17,7 +17,7 @@ import torch
 
 from model.checkpoint import find_fold_checkpoints, load_pruned
 from model.data import FORMATS, load_patches
-from model.metrics import evaluate_models, markdown_table, write_report
+from model.metrics import bootstrap_note, evaluate_models, markdown_table, write_report
 from model.network import ClassifierNet
 from model.vote import vote
 
@@ -61,16 +61,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--split", help="evaluate only this split (e.g. test)")
     p.add_argument("--tta", action="store_true", help="average over the 8 rotations/flips")
     p.add_argument("--no-vote", action="store_true", help="score the models one by one only (e.g. ablation variants)")
+    p.add_argument("--bootstrap", type=int, default=2000,
+                   help="resamples for 95 %% intervals of BA, over slides where the manifest names them (0: off)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     data = load_patches(args.manifest, args.format)
     if args.split:
         data = data.where(split=args.split)
     results = evaluate_run(args.runs, data.images, tta=args.tta, vote_folds=not args.no_vote)
-    table = evaluate_models(data.labels, data.domains, results)
+    table = evaluate_models(data.labels, data.domains, results, data.slides, args.bootstrap)
     title = f"{', '.join(Path(r).name for r in args.runs)} on {Path(args.manifest).name}" + (f" ({args.split})" if args.split else "")
-    write_report(table, data.labels, results, args.out, title)
-    print(markdown_table(table))
+    note = bootstrap_note(data.slides, args.bootstrap)
+    write_report(table, data.labels, results, args.out, title, note)
+    print(markdown_table(table), note, sep="\n")
 
 
 if __name__ == "__main__":

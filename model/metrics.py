@@ -25,14 +25,60 @@ def binary_metrics(labels: np.ndarray, probs: np.ndarray, pred: np.ndarray) -> d
     }
 
 
-def evaluate_models(labels: np.ndarray, domains: np.ndarray, results: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
-    """results: model name -> (probability, predicted class). Returns {model: {"all" | domain: metrics}}."""
+def _bootstrap_bas(labels: np.ndarray, preds: list[np.ndarray], groups: np.ndarray | None, n: int,
+                   seed: int) -> np.ndarray:
+    """Balanced accuracy of each prediction vector on the same ``n`` bootstrap resamples of whole ``groups``
+    (or of single patches) -> [len(preds), resamples]. Resamples that lack a class are dropped."""
+    labels = np.asarray(labels).astype(bool)
+    units = np.unique(np.asarray(groups), return_inverse=True)[1] if groups is not None else np.arange(len(labels))
+    per_unit = lambda w: np.bincount(units, w, minlength=units.max() + 1)  # noqa: E731
+    draws = np.random.default_rng(seed).multinomial(units.max() + 1, np.full(units.max() + 1, 1 / (units.max() + 1)), size=n)
+    pos, neg = draws @ per_unit(labels), draws @ per_unit(~labels)
+    ok = (pos > 0) & (neg > 0)
+    out = []
+    for pred in preds:
+        pred = np.asarray(pred).astype(bool)
+        tp, tn = draws @ per_unit(labels & pred), draws @ per_unit(~labels & ~pred)
+        out.append(0.5 * (tp[ok] / pos[ok] + tn[ok] / neg[ok]))
+    return np.array(out)
+
+
+def _interval(samples: np.ndarray, level: float) -> tuple[float, float]:
+    if not len(samples):
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def bootstrap_ba(labels: np.ndarray, pred: np.ndarray, groups: np.ndarray | None = None, n: int = 2000,
+                 seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of balanced accuracy over ``n`` bootstrap resamples of whole ``groups`` (e.g.
+    slides: patches of one slide are not independent), or of single patches when ``groups`` is None."""
+    return _interval(_bootstrap_bas(labels, [pred], groups, n, seed)[0], level)
+
+
+def bootstrap_ba_difference(labels: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray,
+                            groups: np.ndarray | None = None, n: int = 2000, seed: int = 0,
+                            level: float = 0.95) -> tuple[float, float]:
+    """Paired interval of BA(a) - BA(b): both models scored on the same resamples."""
+    a, b = _bootstrap_bas(labels, [pred_a, pred_b], groups, n, seed)
+    return _interval(a - b, level)
+
+
+def evaluate_models(labels: np.ndarray, domains: np.ndarray, results: dict[str, tuple[np.ndarray, np.ndarray]],
+                    groups: np.ndarray | None = None, bootstrap: int = 0) -> dict:
+    """results: model name -> (probability, predicted class). Returns {model: {"all" | domain: metrics}};
+    with ``bootstrap`` > 0 each cell also has ``balanced_accuracy_ci`` (95 %, resampling ``groups``)."""
     table = {}
     for name, (probs, pred) in results.items():
-        table[name] = {"all": binary_metrics(labels, probs, pred)}
-        for d in sorted(set(domains)):
-            keep = domains == d
-            table[name][str(d)] = binary_metrics(labels[keep], probs[keep], pred[keep])
+        table[name] = {}
+        for d in ["all", *sorted(set(domains))]:
+            keep = np.ones(len(labels), bool) if d == "all" else domains == d
+            cell = binary_metrics(labels[keep], probs[keep], pred[keep])
+            if bootstrap:
+                cell["balanced_accuracy_ci"] = bootstrap_ba(labels[keep], pred[keep],
+                                                            None if groups is None else groups[keep], bootstrap)
+            table[name][str(d)] = cell
     return table
 
 
@@ -40,12 +86,22 @@ def markdown_table(table: dict, metric: str = "balanced_accuracy") -> str:
     columns = list(next(iter(table.values())))
     lines = [f"| model | {' | '.join(columns)} |", "|---" * (len(columns) + 1) + "|"]
     for name, row in table.items():
-        lines.append(f"| {name} | " + " | ".join(f"{row[c][metric]:.4f}" for c in columns) + " |")
+        lines.append(f"| {name} | " + " | ".join(_cell(row[c], metric) for c in columns) + " |")
     return "\n".join(lines)
 
 
+def _cell(cell: dict, metric: str) -> str:
+    ci = cell.get(f"{metric}_ci")
+    return f"{cell[metric]:.4f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+
+
+def bootstrap_note(groups: np.ndarray | None, n: int) -> str:
+    unit = "patches" if groups is None else f"{len(np.unique(groups))} slides"
+    return f"In brackets: 95 % bootstrap interval of balanced accuracy ({n} resamples of the {unit})." if n else ""
+
+
 def write_report(table: dict, labels: np.ndarray, results: dict[str, tuple[np.ndarray, np.ndarray]], out: str | Path,
-                 title: str) -> None:
+                 title: str, note: str = "") -> None:
     """report.json, report.md (BA, sensitivity, specificity, AUROC tables), roc.png, confusion.png."""
     import matplotlib
 
@@ -54,8 +110,8 @@ def write_report(table: dict, labels: np.ndarray, results: dict[str, tuple[np.nd
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps({"title": title, "models": table}, indent=2) + "\n")
-    md = [f"# {title}", ""]
+    (out / "report.json").write_text(json.dumps({"title": title, "note": note, "models": table}, indent=2) + "\n")
+    md = [f"# {title}", "", *([note, ""] if note else [])]
     for metric in ("balanced_accuracy", "sensitivity", "specificity", "auroc"):
         md += [f"## {metric.replace('_', ' ')}", "", markdown_table(table, metric), ""]
     (out / "report.md").write_text("\n".join(md))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +162,16 @@ def test_cli_trains_all_folds_resumes_evaluates_and_exports(tmp_path, capsys):
     ref = evaluate.evaluate_run([out], load_patches(FIXTURE / "manifest.csv").images)
     got = session.run(["prob"], {"image": load_patches(FIXTURE / "manifest.csv").images})[0]
     np.testing.assert_allclose(got, np.stack([ref[f][0] for f in folds], 1), atol=0.03)
+
+    # the benchmark scores two exported ensembles on the same patches, with intervals and their paired difference
+    shipped = Path(__file__).parents[1] / "weights"
+    subprocess.run([sys.executable, str(Path(__file__).parents[1] / "bench" / "score_ensemble.py"), "--manifest",
+                    str(FIXTURE / "manifest.csv"), "--weights", str(tmp_path / "weights"), "--weights", str(shipped),
+                    "--bootstrap", "200", "--out", str(tmp_path / "compare")], check=True, capture_output=True)
+    report = json.loads((tmp_path / "compare" / "report.json").read_text())
+    a, b = (next(v["all"] for k, v in report["models"].items() if k.startswith(f"{x}: ensemble vote")) for x in "AB")
+    assert a["balanced_accuracy_ci"][0] <= a["balanced_accuracy"] <= a["balanced_accuracy_ci"][1]
+    assert len(report["models"]) == 10 and f"| vote A - vote B | {a['balanced_accuracy'] - b['balanced_accuracy']:+.4f} (" in report["note"]
 
 
 def test_training_is_reproducible_with_the_same_seed(tmp_path):
