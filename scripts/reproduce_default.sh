@@ -3,24 +3,28 @@
 # each fold for ROUNDS rounds of 10 epochs (warm restart at lr 1e-4), keeping per fold whichever model
 # scores best on its validation domain; then evaluate on the test split, export to weights/, refresh
 # test/output/expected_output.json and score the exported ensemble through the container's code path.
+# SINGLE_TASK=1 runs the same schedule with the decoders off (the ablation) and stops after evaluating it.
 # Resumable: rerun after an interruption.
 #   scripts/reproduce_default.sh [path/to/amibr/manifest.csv]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MANIFEST="${1:-../shared/data/amibr/manifest.csv}"
-BASE="${BASE:-runs/amibr-mtl-e25}"
 ROUNDS="${ROUNDS:-2}"
 PY="${PYTHON:-.venv/bin/python}"
-"$PY" -m model.train --manifest "$MANIFEST" --split train --preset scratch --epochs 25 --out "$BASE" --resume
+MODE=()
+if [[ "${SINGLE_TASK:-0}" == 1 ]]; then MODE=(--single-task); fi
+BASE="${BASE:-runs/amibr-$([[ ${#MODE[@]} -gt 0 ]] && echo st || echo mtl)-e25}"
+"$PY" -m model.train --manifest "$MANIFEST" --split train --preset scratch --epochs 25 --out "$BASE" --resume "${MODE[@]}"
 RUN="$BASE"
 for round in $(seq 1 "$ROUNDS"); do
   "$PY" -m model.train --manifest "$MANIFEST" --split train --preset scratch --epochs 10 --lr 1e-4 \
-    --init "$RUN" --out "$BASE-ft$round" --resume
+    --init "$RUN" --out "$BASE-ft$round" --resume "${MODE[@]}"
   "$PY" -m model.calibrate "$RUN" "$BASE-ft$round" --manifest "$MANIFEST" --split train --pick "$BASE-pick$round"
   RUN="$BASE-pick$round"
 done
 "$PY" -m model.calibrate "$RUN" --manifest "$MANIFEST" --split train --tta
 "$PY" -m model.evaluate "$RUN" --manifest "$MANIFEST" --split test --out "reports/$(basename "$RUN")"
+if [[ ${#MODE[@]} -gt 0 ]]; then exit 0; fi
 PYTHON="$PY" ./export.sh "$RUN" --out weights --manifest "$MANIFEST" --split test
 tmp="$(mktemp -d)"
 "$PY" process.py --input test/input --output "$tmp" --weights weights
