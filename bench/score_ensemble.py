@@ -72,14 +72,15 @@ def main() -> None:
     data = load_patches(args.manifest, args.format)
     if args.split:
         data = data.where(split=args.split)
-    results = {}
+    results, votes = {}, {}
     for i, folder in enumerate(weights):
-        results |= score(folder, data.images, args.tta, f"{'AB'[i]}: " if len(weights) == 2 else "")
+        part = score(folder, data.images, args.tta, f"{'AB'[i]}: " if len(weights) == 2 else "")
+        vote_name = next(reversed(part))  # score() adds the vote last
+        results, votes[vote_name] = results | part, part[vote_name][1]
     table = evaluate_models(data.labels, data.domains, results, data.slides, args.bootstrap)
     note = bootstrap_note(data.slides, args.bootstrap)
     print("", markdown_table(table), note, sep="\n")
     if len(weights) == 2:
-        votes = {name: pred for name, (_, pred) in results.items() if "ensemble vote" in name}
         diff = difference_table(table, data.labels, data.domains, data.slides, votes, args.bootstrap or 2000)
         comparison = f"A = {weights[0]}, B = {weights[1]}; paired 95 % bootstrap interval:\n\n{diff}"
         print("", comparison, sep="\n")

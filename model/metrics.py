@@ -31,8 +31,9 @@ def _bootstrap_bas(labels: np.ndarray, preds: list[np.ndarray], groups: np.ndarr
     (or of single patches) -> [len(preds), resamples]. Resamples that lack a class are dropped."""
     labels = np.asarray(labels).astype(bool)
     units = np.unique(np.asarray(groups), return_inverse=True)[1] if groups is not None else np.arange(len(labels))
-    per_unit = lambda w: np.bincount(units, w, minlength=units.max() + 1)  # noqa: E731
-    draws = np.random.default_rng(seed).multinomial(units.max() + 1, np.full(units.max() + 1, 1 / (units.max() + 1)), size=n)
+    k = units.max() + 1
+    per_unit = lambda w: np.bincount(units, w, minlength=k)  # noqa: E731
+    draws = np.random.default_rng(seed).multinomial(k, np.full(k, 1 / k), size=n)  # [n, k]: times each unit is drawn
     pos, neg = draws @ per_unit(labels), draws @ per_unit(~labels)
     ok = (pos > 0) & (neg > 0)
     out = []
