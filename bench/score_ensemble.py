@@ -63,7 +63,8 @@ def main() -> None:
                    help="exported ensemble folder; twice to compare two (default: the shipped weights/)")
     p.add_argument("--tta", choices=["none", "d4"], help="override the manifest's TTA switch")
     p.add_argument("--bootstrap", type=int, default=2000,
-                   help="resamples for 95 %% intervals of BA, over slides where the manifest names them (0: off)")
+                   help="resamples for 95 %% intervals of BA, over slides where the manifest names them (0: off; "
+                   "two ensembles' paired difference still gets 2000)")
     p.add_argument("--out", help="also write report.json/md, roc.png, confusion.png here")
     args = p.parse_args()
     weights = args.weights or [Path(__file__).resolve().parents[1] / "weights"]
