@@ -11,33 +11,26 @@ Models: ``--weights``, else ``$AMF_WEIGHTS``, else ``/opt/ml/model`` when it hol
 Progress (pages, provider, timings) goes to stdout; an error is one line on stderr naming the file and the
 problem. Exit codes: 0 done; 2 input error; 3 output not writable; 4 model error (weights missing or
 unreadable, unusable model output); 1 unexpected internal error (with a traceback). A non-zero exit writes
-no output file. ``AMF_DEVICE=cpu|cuda`` overrides the GPU check, ``AMF_THREADS`` the CPU thread count.
+no output file. Device: CUDA when a GPU is visible and usable, else the CPU (one stdout line says why CUDA was
+wanted but not used); ``AMF_DEVICE``, ``AMF_GPU_MIN_PAGES`` and ``AMF_THREADS`` adjust it (runtime/device.py).
+onnxruntime's telemetry is off: the run writes nothing outside the output folder and /tmp.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import traceback
 from pathlib import Path
 
-from model.ensemble import MANIFEST_FILE, Ensemble
-from model.errors import InputError, ModelError, OutputError
-from model.grand_challenge import find_stack, write_results
-from model.stack import read_stack
+from runtime.contract import default_weights
+from runtime.ensemble import Ensemble
+from runtime.errors import InputError, ModelError, OutputError
+from runtime.grand_challenge import find_stack, results_json, write_results
+from runtime.stack import read_stack
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_OUTPUT, EXIT_MODEL = 0, 1, 2, 3, 4
-HERE = Path(__file__).resolve().parent
-
-
-def default_weights() -> Path:
-    if os.environ.get("AMF_WEIGHTS"):
-        return Path(os.environ["AMF_WEIGHTS"])
-    if (Path("/opt/ml/model") / MANIFEST_FILE).is_file():
-        return Path("/opt/ml/model")
-    return HERE / "weights"
 
 
 def run(input_dir: Path, output_dir: Path, weights: Path) -> int:
@@ -46,12 +39,14 @@ def run(input_dir: Path, output_dir: Path, weights: Path) -> int:
     pages = read_stack(stack)
     read = time.perf_counter()
     print(f"{stack}: {len(pages)} pages read in {read - start:.2f} s", flush=True)
-    ensemble = Ensemble(weights)
+    ensemble = Ensemble(weights, n_pages=len(pages))
     loaded = time.perf_counter()
-    fallback = " (the preferred provider failed to start)" if ensemble.fell_back else ""
-    print(f"{ensemble.model_file}: {len(ensemble.thresholds)} fold models on {ensemble.provider}{fallback}, "
+    if ensemble.device_note:
+        print(f"CUDA wanted but not used, running on the CPU: {ensemble.device_note}", flush=True)
+    print(f"{ensemble.model_file}: {len(ensemble.thresholds)} fold models on {ensemble.provider}, "
           f"tta {ensemble.tta}; loaded in {loaded - read:.2f} s", flush=True)
-    results = ensemble.classify(pages)
+    prediction = ensemble.predict(pages)
+    results = results_json(prediction.atypical, prediction.confidence)
     target = write_results(output_dir, results, len(pages))
     n_atypical = sum(r["class"] == "atypical" for r in results)
     print(f"{target}: {len(results)} pages, {n_atypical} atypical; inference + write "

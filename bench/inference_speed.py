@@ -13,6 +13,7 @@ MIDOG25 reference container (timm EfficientNetV2-M, 224 px, page by page, PyTorc
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -30,18 +31,17 @@ TORCH_COLD = """
 import json, sys
 sys.path.insert(0, {root!r})
 import torch
-from model.grand_challenge import find_stack, write_results
-from model.stack import read_stack
-from model.network import MultiTaskNet, NetworkConfig
-from model.vote import vote
-folds = json.load(open({manifest!r}))["folds"]
+from runtime.grand_challenge import find_stack, results_json, write_results
+from runtime.stack import read_stack
+from runtime.vote import vote
+from training.network import MultiTaskNet, NetworkConfig, to_input
+folds = json.load(open({spec!r}))["folds"]
 nets = [MultiTaskNet(NetworkConfig.from_dict({{**f["network"], "pretrained": False}})).pruned().eval() for f in folds]
 pages = torch.from_numpy(read_stack(find_stack({input!r})))
 with torch.inference_mode():
-    x = pages.permute(0, 3, 1, 2).float().div(255).contiguous(memory_format=torch.channels_last)
+    x = to_input(pages).contiguous(memory_format=torch.channels_last)
     probs = torch.stack([torch.sigmoid(n(x)) for n in nets], 1).numpy()
-a, c = vote(probs, [f["threshold"] for f in folds])
-write_results({output!r}, [{{"class": "atypical" if t else "normal", "confidence": float(p)}} for t, p in zip(a, c)])
+write_results({output!r}, results_json(*vote(probs, [f["threshold"] for f in folds])))
 """
 
 
@@ -63,7 +63,8 @@ def matmul_peak_gflops(sizes: tuple[int, ...] = (1024, 2048, 3072, 4096), repeat
     best = (0.0, "")
     for n in sizes:
         a, b = torch.randn(n, n), torch.randn(n, n)
-        for lib, mm in (("torch.mm", lambda: torch.mm(a, b)), ("numpy", lambda: np.matmul(a.numpy(), b.numpy()))):
+        for lib, mm in (("torch.mm", lambda a=a, b=b: torch.mm(a, b)),
+                        ("numpy", lambda a=a, b=b: np.matmul(a.numpy(), b.numpy()))):
             mm()
             seconds = min(_timed(mm) for _ in range(repeats))
             best = max(best, (2 * n ** 3 / seconds / 1e9, f"{lib} {n}x{n}"))
@@ -80,20 +81,22 @@ def ensemble_flops_per_stack(folds: list[dict], pages: int = 16, size: int = 128
     """Multiply-adds of every Conv2d/Linear (x 2 = FLOPs), counted with forward hooks."""
     import torch
 
-    from model.network import MultiTaskNet, NetworkConfig
+    from training.network import MultiTaskNet, NetworkConfig
 
     total = 0
     for f in folds:
         net = MultiTaskNet(NetworkConfig.from_dict({**f["network"], "pretrained": False})).pruned().eval()
         macs = []
 
-        def hook(module, inputs, output):
+        def hook(module, inputs, output, macs=macs):
             if isinstance(module, torch.nn.Conv2d):
-                macs.append(output.numel() * module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1])
+                kh, kw = module.kernel_size
+                macs.append(output.numel() * module.in_channels // module.groups * kh * kw)
             else:
                 macs.append(output.numel() * module.in_features)
 
-        handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+        layers = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+        handles = [m.register_forward_hook(hook) for m in layers]
         with torch.inference_mode():
             net(torch.zeros(1, 3, size, size))
         for h in handles:
@@ -115,27 +118,30 @@ def best_and_median(fn, repeats: int) -> tuple[float, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--weights", default=str(ROOT / "weights"))
+    p.add_argument("--weights", help="folder with ensemble.json (default: as process.py)")
     p.add_argument("--input", default=str(ROOT / "test" / "input"))
     args = p.parse_args()
 
-    import json
-
     import torch
 
-    from model.ensemble import Ensemble
-    from model.grand_challenge import find_stack
-    from model.stack import read_stack
+    from runtime.contract import SPEC_FILE, default_weights
+    from runtime.ensemble import Ensemble
+    from runtime.grand_challenge import find_stack
+    from runtime.stack import read_stack
 
-    manifest = str(Path(args.weights) / "ensemble.json")
-    folds = json.loads(Path(manifest).read_text())["folds"]
+    args.weights = args.weights or str(default_weights())
+    spec = str(Path(args.weights) / SPEC_FILE)
+    folds = json.loads(Path(spec).read_text())["folds"]
     pages = read_stack(find_stack(args.input))
     out = tempfile.mkdtemp(prefix="amf-bench-")
     py = sys.executable
     systems = {
-        "ONNX ensemble (process.py)": [py, "process.py", "--input", args.input, "--output", out, "--weights", args.weights],
-        "PyTorch eager ensemble": [py, "-c", TORCH_COLD.format(root=str(ROOT), manifest=manifest, input=args.input, output=out)],
-        "reference stand-in (EffNetV2-M, 224 px, per page)": [py, "bench/reference_standin.py", "--input", args.input, "--output", out],
+        "ONNX ensemble (process.py)": [py, "process.py", "--input", args.input, "--output", out,
+                                       "--weights", args.weights],
+        "PyTorch eager ensemble": [py, "-c", TORCH_COLD.format(root=str(ROOT), spec=spec, input=args.input,
+                                                               output=out)],
+        "reference stand-in (EffNetV2-M, 224 px, per page)": [py, "bench/reference_standin.py", "--input", args.input,
+                                                              "--output", out],
     }
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__} threads {torch.get_num_threads()}; "
           f"{len(folds)} fold models; stack of {len(pages)} pages\n")
@@ -148,14 +154,14 @@ def main() -> None:
     print("| system | median s | min s | max s | peak RSS MB | vs reference |\n|---|---|---|---|---|---|")
     for name, runs in cold.items():
         t = [r[0] for r in runs]
+        speed_up = "1.0x" if name == list(systems)[2] else f"{ref / statistics.median(t):.1f}x faster"
         print(f"| {name} | {statistics.median(t):.2f} | {min(t):.2f} | {max(t):.2f} | {max(r[1] for r in runs):.0f} | "
-              f"{ref / statistics.median(t):.1f}x faster |" if name != list(systems)[2] else
-              f"| {name} | {statistics.median(t):.2f} | {min(t):.2f} | {max(t):.2f} | {max(r[1] for r in runs):.0f} | 1.0x |")
+              f"{speed_up} |")
 
     ensemble = Ensemble(args.weights)
     expanded = Ensemble(args.weights, expand_weights=True)
     many = np.concatenate([pages] * 16)
-    from model.network import MultiTaskNet, NetworkConfig
+    from training.network import MultiTaskNet, NetworkConfig, to_input
     sys.path.insert(0, str(ROOT / "bench"))
     from reference_standin import build, classify
 
@@ -163,13 +169,14 @@ def main() -> None:
 
     def torch_ensemble(batch: np.ndarray) -> None:
         with torch.inference_mode():
-            x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div(255).contiguous(memory_format=torch.channels_last)
+            x = to_input(torch.from_numpy(batch)).contiguous(memory_format=torch.channels_last)
             torch.stack([torch.sigmoid(n(x)) for n in nets], 1)
 
     reference = build()
     warm = {
-        "ONNX ensemble (as process.py: int8 weights)": (lambda: ensemble.predict(pages), lambda: ensemble.predict(many)),
-        "ONNX ensemble (weights expanded at load, as model.score)": (lambda: expanded.predict(pages),
+        "ONNX ensemble (as process.py: int8 weights)": (lambda: ensemble.predict(pages),
+                                                        lambda: ensemble.predict(many)),
+        "ONNX ensemble (weights expanded at load, as runtime.predict)": (lambda: expanded.predict(pages),
                                                                      lambda: expanded.predict(many)),
         "PyTorch eager ensemble": (lambda: torch_ensemble(pages), lambda: torch_ensemble(many)),
         "reference stand-in": (lambda: classify(reference, torch.from_numpy(pages)), None),

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model.grand_challenge import OUTPUT_FILE, find_stack  # noqa: E402
+from runtime.grand_challenge import OUTPUT_FILE, find_stack  # noqa: E402
 
 
 def build() -> torch.nn.Module:

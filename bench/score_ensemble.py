@@ -1,5 +1,5 @@
 """Score exported ensembles (default: the shipped weights/) on a labelled manifest, through the same
-runtime code as process.py (model.ensemble: ONNX session, TTA, vote). Prints the Markdown table of
+runtime code as process.py (runtime.ensemble: ONNX session, TTA, vote). Prints the Markdown table of
 balanced accuracy with 95 % bootstrap intervals (resampling slides where the manifest names them).
 Given two ``--weights`` folders it also prints the paired interval of the difference of their votes.
 
@@ -18,24 +18,22 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.data import FORMATS, load_patches  # noqa: E402
-from model.ensemble import Ensemble  # noqa: E402
-from model.metrics import (bootstrap_ba_difference, bootstrap_note, evaluate_models, markdown_table,  # noqa: E402
-                           write_report)
+from runtime.contract import TTA_MODES, default_weights  # noqa: E402
+from runtime.ensemble import Ensemble  # noqa: E402
+from training.data import FORMATS, load_patches  # noqa: E402
+from training.metrics import bootstrap_ba_difference, bootstrap_note, evaluate_models, markdown_table, write_report  # noqa: E402
 
 
 def score(weights: Path, images: np.ndarray, tta: str | None, prefix: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Each fold model and the vote of one exported ensemble: name -> (probability, predicted class)."""
-    ensemble = Ensemble(weights, expand_weights=True)
-    if tta:
-        ensemble.tta = tta
+    ensemble = Ensemble(weights, expand_weights=True, tta=tta)
     start = time.perf_counter()
     pred = ensemble.predict(images)
     seconds = time.perf_counter() - start
-    print(f"{weights}: {len(images)} patches, {ensemble.provider}, {seconds:.1f} s ({len(images) / seconds:.1f} patches/s)")
-    names = [f["name"] for f in ensemble.spec["folds"]]
+    print(f"{weights}: {len(images)} patches, {ensemble.provider}, {seconds:.1f} s "
+          f"({len(images) / seconds:.1f} patches/s)")
     results = {f"{prefix}{name}": (pred.fold_probs[:, i], pred.fold_probs[:, i] >= ensemble.thresholds[i])
-               for i, name in enumerate(names)}
+               for i, name in enumerate(ensemble.spec.fold_names)}
     results[f"{prefix}ensemble vote (tta {ensemble.tta})"] = (pred.confidence, pred.atypical)
     return results
 
@@ -60,14 +58,14 @@ def main() -> None:
     p.add_argument("--format", default="amibr", choices=[*FORMATS, "folders"])
     p.add_argument("--split", help="score only this split (e.g. test)")
     p.add_argument("--weights", type=Path, action="append",
-                   help="exported ensemble folder; twice to compare two (default: the shipped weights/)")
-    p.add_argument("--tta", choices=["none", "d4"], help="override the manifest's TTA switch")
+                   help="exported ensemble folder; twice to compare two (default: as process.py)")
+    p.add_argument("--tta", choices=TTA_MODES, help="override the ensemble spec's TTA mode")
     p.add_argument("--bootstrap", type=int, default=2000,
                    help="resamples for 95 %% intervals of BA, over slides where the manifest names them (0: off; "
                    "two ensembles' paired difference still gets 2000)")
     p.add_argument("--out", help="also write report.json/md, roc.png, confusion.png here")
     args = p.parse_args()
-    weights = args.weights or [Path(__file__).resolve().parents[1] / "weights"]
+    weights = args.weights or [default_weights()]
     if len(weights) > 2:
         p.error("at most two --weights folders")
     data = load_patches(args.manifest, args.format)

@@ -13,9 +13,9 @@ import time
 
 import torch
 
-from model.augment import AugmentConfig, augment
-from model.losses import binary_dice_loss, multiclass_dice_loss, weighted_bce
-from model.network import MultiTaskNet, NetworkConfig
+from training.augment import AugmentConfig, augment
+from training.losses import binary_dice_loss, multiclass_dice_loss, weighted_bce
+from training.network import MultiTaskNet, NetworkConfig, to_input
 
 
 def steps_per_second(decoders: bool, dtype: torch.dtype | None, batch: int, steps: int, device: str) -> float:
@@ -27,7 +27,7 @@ def steps_per_second(decoders: bool, dtype: torch.dtype | None, batch: int, step
     labels = torch.randint(0, 2, (batch,), device=device).float()
 
     def step() -> None:
-        x, p = augment(images.permute(0, 3, 1, 2).float() / 255, pix, AugmentConfig())
+        x, p = augment(to_input(images), pix, AugmentConfig())
         with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
             out = net(x.contiguous(memory_format=torch.channels_last))
             loss = weighted_bce(out["logit"], labels, (1.0, 1.0))

@@ -19,9 +19,9 @@ declare -A ARGS=(
 )
 for name in "${NAMES[@]}"; do
   # shellcheck disable=SC2086
-  "$PY" -m model.train --manifest "$MANIFEST" --split train --preset scratch --epochs "$EPOCHS" --folds "$FOLD" \
+  "$PY" -m training.train --manifest "$MANIFEST" --split train --preset scratch --epochs "$EPOCHS" --folds "$FOLD" \
       --out "$OUT/$name" --resume ${ARGS[$name]}
 done
 runs=()
 for name in "${NAMES[@]}"; do runs+=("$OUT/$name/val-$FOLD"); done
-"$PY" -m model.evaluate "${runs[@]}" --manifest "$MANIFEST" --split test --no-vote --out "reports/$(basename "$OUT")"
+"$PY" -m training.evaluate "${runs[@]}" --manifest "$MANIFEST" --split test --no-vote --out "reports/$(basename "$OUT")"

@@ -14,16 +14,16 @@ PY="${PYTHON:-.venv/bin/python}"
 MODE=()
 if [[ "${SINGLE_TASK:-0}" == 1 ]]; then MODE=(--single-task); fi
 BASE="${BASE:-runs/amibr-$([[ ${#MODE[@]} -gt 0 ]] && echo st || echo mtl)-e25}"
-"$PY" -m model.train --manifest "$MANIFEST" --split train --preset scratch --epochs 25 --out "$BASE" --resume "${MODE[@]}"
+"$PY" -m training.train --manifest "$MANIFEST" --split train --preset scratch --epochs 25 --out "$BASE" --resume "${MODE[@]}"
 RUN="$BASE"
 for round in $(seq 1 "$ROUNDS"); do
-  "$PY" -m model.train --manifest "$MANIFEST" --split train --preset scratch --epochs 10 --lr 1e-4 \
+  "$PY" -m training.train --manifest "$MANIFEST" --split train --preset scratch --epochs 10 --lr 1e-4 \
     --init "$RUN" --out "$BASE-ft$round" --resume "${MODE[@]}"
-  "$PY" -m model.calibrate "$RUN" "$BASE-ft$round" --manifest "$MANIFEST" --split train --pick "$BASE-pick$round"
+  "$PY" -m training.calibrate "$RUN" "$BASE-ft$round" --manifest "$MANIFEST" --split train --pick "$BASE-pick$round"
   RUN="$BASE-pick$round"
 done
-"$PY" -m model.calibrate "$RUN" --manifest "$MANIFEST" --split train --tta
-"$PY" -m model.evaluate "$RUN" --manifest "$MANIFEST" --split test --out "reports/$(basename "$RUN")"
+"$PY" -m training.calibrate "$RUN" --manifest "$MANIFEST" --split train --tta
+"$PY" -m training.evaluate "$RUN" --manifest "$MANIFEST" --split test --out "reports/$(basename "$RUN")"
 if [[ ${#MODE[@]} -gt 0 ]]; then exit 0; fi
 PYTHON="$PY" ./export.sh "$RUN" --out weights --manifest "$MANIFEST" --split test
 tmp="$(mktemp -d)"

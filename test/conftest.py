@@ -1,5 +1,5 @@
-"""Shared fixtures for the runtime tests (numpy, SimpleITK, onnx, onnxruntime only; no torch, no Pillow):
-a tiny ONNX ensemble in the export format, GC-layout inputs, and stack writers."""
+"""Shared fixtures for the tests (runtime/ and training/) (numpy, SimpleITK, onnx, onnxruntime only; no torch,
+no Pillow): a tiny ONNX ensemble in the export format, GC-layout inputs, and stack writers."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SOCKET = "stacked-histopathology-roi-cropouts"
+AMIBR_FIXTURE = HERE / "fixtures" / "amibr"  # 16 AMi-Br patches and their manifest
 GC_SAMPLE = ROOT.parent / "shared" / "data" / "gc-sample" / "stack_5.tiff"  # optional, beside the repo
 GC_SAMPLE_2PAGES = HERE / "fixtures" / "gc_sample_2pages.tiff"  # committed: test/fixtures/make_gc_sample_fixture.py
 
@@ -45,7 +46,8 @@ def make_tiny_ensemble(folder: Path, offsets=(0.0, 0.2, -0.2, 0.4), tta: str = "
         helper.make_node("Add", ["z", "offsets"], ["logit"]),
         helper.make_node("Sigmoid", ["logit"], ["prob"]),
     ]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 128, 128, 3])],
+    graph = helper.make_graph(nodes, "tiny",
+                              [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 128, 128, 3])],
                               [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", len(offsets)]),
                                helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["N", len(offsets)])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
@@ -132,7 +134,7 @@ def write_tiff(path: Path, pages: list[np.ndarray], colormap: np.ndarray | list[
 
 def real_pages(n: int = 4) -> np.ndarray:
     """n real 128x128 RGB patches (the committed AMi-Br fixture, cycled): uint8 [n, 128, 128, 3]."""
-    files = sorted((HERE / "fixtures" / "amibr" / "patches").glob("*/*.png"))
+    files = sorted((AMIBR_FIXTURE / "patches").glob("*/*.png"))
     return np.stack([sitk.GetArrayFromImage(sitk.ReadImage(str(files[i % len(files)])))[..., :3] for i in range(n)])
 
 

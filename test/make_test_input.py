@@ -31,7 +31,8 @@ def main() -> None:
         for label in ("atypical", "normal"):
             picked += rng.sample([r for r in rows if r["domain"] == domain and r["label"] == label], 2)
     rng.shuffle(picked)
-    pages = np.stack([sitk.GetArrayFromImage(sitk.ReadImage(str(manifest.parent / r["file"])))[..., :3] for r in picked])
+    pages = np.stack([sitk.GetArrayFromImage(sitk.ReadImage(str(manifest.parent / r["file"])))[..., :3]
+                      for r in picked])
     assert pages.shape == (16, 128, 128, 3) and pages.dtype == np.uint8, pages.shape
     folder = HERE / "input" / "images" / SOCKET
     folder.mkdir(parents=True, exist_ok=True)

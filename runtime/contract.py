@@ -1,0 +1,91 @@
+"""The exported ensemble: what ``training/export.py`` writes and the runtime reads, defined once here.
+
+``<weights>/ensemble.json``, the ensemble spec::
+
+    {"format": "amf-mtl-ensemble", "version": 1,
+     "model_file": "ensemble.onnx",   # beside the spec
+     "input_name": "image",           # uint8 [N, 128, 128, 3] RGB, NHWC, N dynamic
+     "output_name": "prob",           # float32 [N, F]: P(atypical) per fold model (the graph also has "logit")
+     "patch_size": 128,
+     "folds": [{"name": "val-tupac16", "threshold": 0.5, ...}],  # one output column each, in this order
+     "vote": "majority", "tie": "mean-probability", "confidence": "mean-probability",  # runtime/vote.py
+     "tta": "none" | "d4",            # runtime/tta.py
+     "provenance": {...}}             # free-form: sources, commit, size, parity figures
+
+Scaling to [0, 1], normalisation and layout live inside the ONNX graph: the runtime feeds the uint8 pages as
+read, so it cannot preprocess differently from training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtime.errors import ModelError
+
+SPEC_FILE = "ensemble.json"
+MODEL_FILE = "ensemble.onnx"
+FORMAT, VERSION = "amf-mtl-ensemble", 1
+PATCH_SIZE = 128
+INPUT_NAME = "image"
+PROB_OUTPUT, LOGIT_OUTPUT = "prob", "logit"
+TTA_VIEWS = {"none": 1, "d4": 8}  # test-time augmentation modes -> views per page (runtime/tta.py)
+TTA_MODES = tuple(TTA_VIEWS)
+VOTE_RULE = {"vote": "majority", "tie": "mean-probability", "confidence": "mean-probability"}
+GC_MODEL_DIR = Path("/opt/ml/model")  # where Grand Challenge extracts an uploaded model tarball
+SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+
+
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """A checked ensemble spec: the model file, one threshold per fold (in output column order), TTA mode."""
+
+    path: Path
+    model_file: Path
+    fold_names: list[str]
+    thresholds: np.ndarray
+    tta: str
+    patch_size: int
+    input_name: str
+    output_name: str
+
+
+def make_spec(folds: list[dict], tta: str, provenance: dict) -> dict:
+    """The spec export writes: ``folds`` are dicts with at least ``name`` and ``threshold``."""
+    if tta not in TTA_MODES:
+        raise ValueError(f"unknown tta {tta!r} ({' | '.join(TTA_MODES)})")
+    return {"format": FORMAT, "version": VERSION, "model_file": MODEL_FILE, "input_name": INPUT_NAME,
+            "output_name": PROB_OUTPUT, "patch_size": PATCH_SIZE, "folds": folds, **VOTE_RULE, "tta": tta,
+            "provenance": provenance}
+
+
+def read_spec(folder: str | Path) -> EnsembleSpec:
+    """Read and check ``<folder>/ensemble.json``; any problem is a ModelError naming the file."""
+    path = Path(folder) / SPEC_FILE
+    try:
+        doc = json.loads(path.read_text())
+        spec = EnsembleSpec(
+            path=path, model_file=path.parent / doc["model_file"], fold_names=[f["name"] for f in doc["folds"]],
+            thresholds=np.array([f["threshold"] for f in doc["folds"]], np.float64), tta=doc.get("tta", "none"),
+            patch_size=int(doc.get("patch_size", PATCH_SIZE)), input_name=doc.get("input_name", INPUT_NAME),
+            output_name=doc.get("output_name", PROB_OUTPUT))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"{path}: unusable ensemble spec ({exc})") from None
+    if spec.tta not in TTA_MODES:
+        raise ModelError(f"{path}: unknown tta {spec.tta!r} ({' | '.join(TTA_MODES)})")
+    if not spec.fold_names:
+        raise ModelError(f"{path}: no folds")
+    return spec
+
+
+def default_weights() -> Path:
+    """``$AMF_WEIGHTS``, else Grand Challenge's model folder when it holds a spec, else the shipped ``weights/``."""
+    if os.environ.get("AMF_WEIGHTS"):
+        return Path(os.environ["AMF_WEIGHTS"])
+    if (GC_MODEL_DIR / SPEC_FILE).is_file():
+        return GC_MODEL_DIR
+    return SHIPPED_WEIGHTS

@@ -1,0 +1,241 @@
+"""The stack reader (runtime/stack.py): every input rule of its docstring, on files written here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import GC_SAMPLE, GC_SAMPLE_2PAGES, ROOT, real_pages, save_stack, write_tiff
+
+from runtime import stack
+from runtime.stack import InputError, read_stack
+
+
+def gray3(pages: np.ndarray) -> np.ndarray:
+    return np.repeat(pages[..., :1], 3, axis=3)
+
+
+# --- formats -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["s.tif", "s.tiff", "s.mha", "S.TIF", "S.MHA"])
+def test_tiff_and_metaimage_round_trip_exactly(name, tmp_path):
+    pages = real_pages(5)
+    path = save_stack(tmp_path / name.lower(), pages).rename(tmp_path / name)
+    np.testing.assert_array_equal(read_stack(path), pages)
+
+
+def test_real_gc_encoded_pages(tmp_path):
+    """The first two pages of GC's own sample stack, byte for byte (deflate, DPI tags)."""
+    pages = read_stack(GC_SAMPLE_2PAGES)
+    assert pages.shape == (2, 128, 128, 3) and pages.dtype == np.uint8 and pages.std() > 10
+    if GC_SAMPLE.is_file():
+        np.testing.assert_array_equal(pages, read_stack(GC_SAMPLE)[:2])
+
+
+@pytest.mark.skipif(not GC_SAMPLE.is_file(), reason="../shared/data/gc-sample not beside the repo")
+def test_real_gc_sample_has_16_pages():
+    assert read_stack(GC_SAMPLE).shape == (16, 128, 128, 3)
+
+
+def test_2d_image_is_one_page_and_40_pages_are_all_read(tmp_path):
+    pages = real_pages(40)
+    np.testing.assert_array_equal(read_stack(save_stack(tmp_path / "one.mha", pages[0][None])), pages[:1])
+    sitk.WriteImage(sitk.GetImageFromArray(pages[0], isVector=True), str(tmp_path / "two_d.tif"))
+    np.testing.assert_array_equal(read_stack(tmp_path / "two_d.tif"), pages[:1])
+    np.testing.assert_array_equal(read_stack(save_stack(tmp_path / "forty.tif", pages)), pages)
+
+
+# --- channels and depth ------------------------------------------------------------------------------------
+
+def test_rgba_gray_and_16_bit_pages(tmp_path):
+    pages = real_pages(3)
+    alpha = np.full(pages.shape[:3] + (1,), 77, np.uint8)
+    for name, data, expected in [
+        ("rgba.tif", np.concatenate([pages, alpha], axis=3), pages),
+        ("rgba.mha", np.concatenate([pages, alpha], axis=3), pages),
+        ("gray.tif", pages[..., 1], gray3(pages[..., 1:2])),
+        ("gray_alpha.mha", np.concatenate([pages[..., 1:2], alpha], axis=3), gray3(pages[..., 1:2])),
+        ("gray16.tif", pages[..., 2].astype(np.uint16) * 257, gray3(pages[..., 2:3])),
+        # +128: rounds down
+        ("rgb16.mha", (pages.astype(np.uint16) * 257 + (pages < 255) * 128).astype(np.uint16), pages),
+        ("int16.mha", pages.astype(np.int16) * 128 - 5000, None),
+    ]:
+        got = read_stack(save_stack(tmp_path / name, data))
+        if expected is None:  # signed: negatives clipped to 0, then / 257
+            expected = np.rint(np.clip(data.astype(float), 0, None) / 257).astype(np.uint8)
+        np.testing.assert_array_equal(got, expected, err_msg=name)
+    # the same through a hand-written TIFF (Pillow-like layout: ExtraSamples, one strip)
+    np.testing.assert_array_equal(
+        read_stack(write_tiff(tmp_path / "rgba_plain.tif", list(np.concatenate([pages, alpha], 3)))), pages)
+    np.testing.assert_array_equal(
+        read_stack(write_tiff(tmp_path / "rgb16_plain.tif", list(pages.astype(np.uint16) * 257))), pages)
+
+
+@pytest.mark.parametrize("scale", [256, 257])
+def test_palette_pages_go_through_their_colour_map_exactly(scale, tmp_path):
+    rng = np.random.default_rng(scale)
+    colours = rng.integers(0, 256, (3, 256))
+    indices = [rng.integers(0, 256, (128, 128), dtype=np.uint8) for _ in range(3)]
+    got = read_stack(write_tiff(tmp_path / "palette.tif", indices, colormap=colours * scale))
+    np.testing.assert_array_equal(got, np.stack([colours.T[i] for i in indices]))
+
+
+def test_float_pages_are_scaled_per_page(tmp_path):
+    pages = real_pages(3).astype(np.float32)
+    data = np.stack([pages[0] / 255, pages[1], np.where(pages[2] > 100, np.nan, pages[2] * 2)])
+    got = read_stack(save_stack(tmp_path / "float.mha", data))
+    np.testing.assert_array_equal(got[0], pages[0])  # [0, 1] -> x 255
+    np.testing.assert_array_equal(got[1], pages[1])  # already 0..255
+    np.testing.assert_array_equal(got[2], np.where(pages[2] > 100, 0, np.minimum(pages[2] * 2, 255)))
+
+
+# --- page size ----------------------------------------------------------------------------------------------
+
+def test_large_pages_are_centre_cropped_small_ones_edge_padded(tmp_path):
+    pages = real_pages(2)
+    big = np.pad(pages, ((0, 0), (11, 11), (4, 5), (0, 0)), constant_values=7)  # crop starts at row 11, col 4
+    np.testing.assert_array_equal(read_stack(save_stack(tmp_path / "big.tif", big)), pages)
+    np.testing.assert_array_equal(read_stack(save_stack(tmp_path / "big.mha", big)), pages)
+    small = read_stack(save_stack(tmp_path / "small.tif", pages[:, :120, :127]))
+    np.testing.assert_array_equal(small[:, 4:124, :127], pages[:, :120, :127])
+    assert (small[:, :4] == small[:, 4:5]).all() and (small[:, :, 127] == small[:, :, 126]).all()
+    tiny = read_stack(save_stack(tmp_path / "tiny.tif", pages[:, :1, :1]))
+    assert (tiny == pages[:, :1, :1]).all()
+
+
+def test_large_metaimage_is_streamed_in_chunks_with_the_same_result(tmp_path, monkeypatch):
+    pages = np.pad(real_pages(9), ((0, 0), (3, 2), (6, 0), (0, 0)), mode="reflect")
+    path = save_stack(tmp_path / "stream.mha", pages)
+    whole = read_stack(path)
+    monkeypatch.setattr(stack, "CHUNK_BYTES", 2 * pages[0].nbytes)  # 2 pages per read
+    calls = []
+    execute = sitk.ImageFileReader.Execute
+    monkeypatch.setattr(sitk.ImageFileReader, "Execute", lambda self: calls.append(1) or execute(self))
+    np.testing.assert_array_equal(read_stack(path), whole)
+    assert len(calls) == 5
+
+
+# --- unusable files ------------------------------------------------------------------------------------
+
+def refused(path, *words: str) -> str:
+    with pytest.raises(InputError) as info:
+        read_stack(path)
+    message = str(info.value)
+    assert str(path) in message and "\n" not in message, message
+    for word in words:
+        assert word in message, message
+    return message
+
+
+def test_truncated_tiffs_are_refused_never_read_short(tmp_path):
+    data = GC_SAMPLE_2PAGES.read_bytes()
+    for cut in (9, 1000, 46000, 46700, 46860, 50000, len(data) // 2, len(data) - 100, len(data) - 1):
+        (tmp_path / "cut.tiff").write_bytes(data[:cut])
+        refused(tmp_path / "cut.tiff", "not a readable TIFF")
+    written = save_stack(tmp_path / "w.tif", real_pages(4)).read_bytes()
+    for cut in range(100, len(written), len(written) // 7):
+        (tmp_path / "cut.tif").write_bytes(written[:cut])
+        refused(tmp_path / "cut.tif")
+
+
+def test_truncated_metaimage_is_refused(tmp_path):
+    for compressed in (False, True):
+        path = tmp_path / "full.mha"
+        sitk.WriteImage(sitk.GetImageFromArray(real_pages(4), isVector=True), str(path), useCompression=compressed)
+        data = path.read_bytes()
+        (tmp_path / "cut.mha").write_bytes(data[: len(data) - 1000])
+        refused(tmp_path / "cut.mha", "cannot read the pixel data")
+
+
+def test_unusable_files_are_refused(tmp_path):
+    pages = real_pages(2)
+    (tmp_path / "empty.tif").write_bytes(b"")
+    refused(tmp_path / "empty.tif", "empty file")
+    (tmp_path / "garbage.tif").write_bytes(os.urandom(3000))
+    refused(tmp_path / "garbage.tif", "not a readable TIFF")
+    (tmp_path / "garbage.mha").write_bytes(b"ObjectType = Image\nNDims = 3\n" + os.urandom(500))
+    refused(tmp_path / "garbage.mha", "not a MetaImage")
+    save_stack(tmp_path / "png_inside.png", pages[:1])
+    os.rename(tmp_path / "png_inside.png", tmp_path / "png_inside.tif")
+    refused(tmp_path / "png_inside.tif", "not a readable TIFF")
+    refused(tmp_path / "missing.tif", "not a file")
+    header = "ObjectType = Image\nNDims = {n}\nDimSize = {size}\nElementNumberOfChannels = {c}\nElementType = {t}\n"
+    for name, fields, words in [
+        ("zero.mha", dict(n=3, size="128 128 0", c=3, t="MET_UCHAR"), ["no pages"]),
+        ("huge.mha", dict(n=3, size="100000 100000 1000", c=3, t="MET_UCHAR"), ["GiB decoded"]),
+        ("four_d.mha", dict(n=4, size="8 8 2 2", c=3, t="MET_UCHAR"), ["4-D image"]),
+        ("five.mha", dict(n=3, size="8 8 2", c=5, t="MET_UCHAR"), ["5 channels"]),
+    ]:
+        (tmp_path / name).write_text(header.format(**fields) + "ElementDataFile = LOCAL\n")
+        refused(tmp_path / name, *words)
+    (tmp_path / "elsewhere.mha").write_text(header.format(n=2, size="128 128", c=1, t="MET_UCHAR")
+                                            + "ElementDataFile = /etc/hostname\n")
+    refused(tmp_path / "elsewhere.mha", "must be LOCAL")
+
+
+def test_tiff_structure_problems_are_refused(tmp_path):
+    pages = real_pages(2)
+    refused(write_tiff(tmp_path / "mixed.tif", [pages[0], pages[1][:64, :100]]), "page 2 is 100 x 64 px")
+    refused(write_tiff(tmp_path / "gray_alpha.tif", [np.dstack([p[..., 0], p[..., 1]]) for p in pages]),
+            "2 samples per pixel")
+    # pages whose pixel format differs from page 1's: ITK would misread them, or (gray then colour
+    # palette) overflow its buffer and crash
+    gray_map, colour_map = np.tile(np.arange(256) * 257, (3, 1)), np.random.default_rng(0).integers(0, 65536, (3, 256))
+    for name, written in [("gray_then_rgb", [pages[0][..., 0], pages[1]]),
+                          ("rgb_then_gray", [pages[0], pages[1][..., 0]]),
+                          ("8_then_16_bit", [pages[0], pages[1].astype(np.uint16)])]:
+        refused(write_tiff(tmp_path / f"{name}.tif", written), "page 2 stores its pixels differently")
+    refused(write_tiff(tmp_path / "colour_then_gray.tif", list(pages[..., 0]), colormap=[colour_map, gray_map]),
+            "page 2 stores its pixels")
+    crasher = write_tiff(tmp_path / "gray_then_colour.tif", list(pages[..., 0]), colormap=[gray_map, colour_map])
+    assert "page 2 stores its pixels" in read_in_child(crasher)
+    two_colour_maps = [colour_map, colour_map[::-1]]  # each page through its own map
+    got = read_stack(write_tiff(tmp_path / "two_maps.tif", list(pages[..., 0]), colormap=two_colour_maps))
+    np.testing.assert_array_equal(got, np.stack([(m.T[p[..., 0]] >> 8) for m, p in zip(two_colour_maps, pages)]))
+    data = bytearray(write_tiff(tmp_path / "ok.tif", list(pages)).read_bytes())
+    first = int.from_bytes(data[4:8], "little")
+    looped = bytearray(data)
+    entries = int.from_bytes(data[first:first + 2], "little")
+    looped[first + 2 + 12 * entries:first + 6 + 12 * entries] = first.to_bytes(4, "little")
+    (tmp_path / "loop.tif").write_bytes(bytes(looped))
+    refused(tmp_path / "loop.tif", "loop")
+
+
+MHA_HEADER = ("ObjectType = Image\nNDims = 3\nBinaryData = True\nCompressedData = False\n"
+              "TransformMatrix = 1 0 0 0 1 0 0 0 1\nOffset = 0 0 0\nElementSpacing = 1 1 1\nDimSize = 8 8 2\n"
+              "ElementNumberOfChannels = 3\nElementType = MET_UCHAR\n")
+
+
+def read_in_child(path) -> str:
+    """read_stack in a fresh interpreter, for files that crashed ITK before the header checks: a crash
+    fails the test instead of killing pytest. Returns the InputError message."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from runtime.stack import InputError, read_stack\n"
+            "try:\n    read_stack(sys.argv[2])\nexcept InputError as exc:\n    print(exc)")
+    proc = subprocess.run([sys.executable, "-c", code, str(ROOT), str(path)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and str(path) in proc.stdout, (proc.returncode, proc.stdout, proc.stderr[-2000:])
+    return proc.stdout
+
+
+@pytest.mark.parametrize("edit, words", [
+    (("NDims = 3", "NDims = 99"), ["99-D image"]),  # these three crashed ITK's MetaImage reader
+    (("NDims = 3", "NDims = -1"), ["-1-D image"]),
+    (("NDims = 3\nBinaryData", "NDims\0\0\0\0 = 3\nBinaryData"), ["malformed header line"]),
+    (("ObjectType = Image\nNDims = 3\n", "ObjectType = Image\n"), ["TransformMatrix before NDims"]),
+    (("DimSize = 8 8 2", "DimSize = 8 8"), ["DimSize = '8 8' for NDims = 3"]),
+    (("DimSize = 8 8 2", "DimSize = 8 -8 2"), ["DimSize"]),
+    (("Offset = 0 0 0", "Offset = 0 0 zero"), ["Offset"]),
+    (("MET_UCHAR", "MET_BOGUS"), ["ElementType"]),
+    (("ElementNumberOfChannels = 3", "ElementNumberOfChannels = 0"), ["0 channels"]),
+    (("BinaryData = True", "BinaryData = True\nBinaryData = True"), ["BinaryData given twice"]),
+])
+def test_malformed_metaimage_headers_are_refused_before_itk_parses_them(edit, words, tmp_path):
+    path = tmp_path / "stack.mha"
+    path.write_bytes(MHA_HEADER.replace(*edit).encode() + b"ElementDataFile = LOCAL\n" + bytes(8 * 8 * 2 * 3))
+    message = read_in_child(path)
+    for word in words:
+        assert word in message, message

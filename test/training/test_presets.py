@@ -1,0 +1,86 @@
+"""Every training preset end to end on the 16-patch fixture (shrunk networks, one epoch of one fold), and the
+container's runtime on exported ViT and foundation-model (LoRA) ensembles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import AMIBR_FIXTURE
+from safetensors.torch import save_file
+
+from runtime.ensemble import Ensemble
+from training import evaluate, export, train
+from training.data import load_patches
+from training.foundation import FoundationBackbone
+from training.recipe import PRESETS
+
+# Small variants of each preset's architecture (same timm family, fewer / narrower layers).
+SHRINK = {
+    "seed001": {"network.backbone": "resnetv2_18", "network.decoder_channels": [16, 8, 8]},
+    "scratch": {"network.backbone": "resnetv2_18", "network.decoder_channels": [16, 8, 8]},
+    "seed002-efficientnetv2-m": {"network.backbone_kwargs": {"channel_multiplier": 0.25, "depth_multiplier": 0.25},
+                                 "network.input_size": 96},
+    "seed002-vit-l16": {"network.backbone_kwargs": {"depth": 1, "embed_dim": 64, "num_heads": 2}},
+    "seed002-swin-b": {"network.backbone_kwargs": {"depths": [1, 1, 1, 1], "embed_dim": 32, "num_heads": [1, 2, 2, 2]}},
+}
+TINY_VIT = {"embed_dim": 32, "depth": 1, "num_heads": 2}
+
+
+def tiny_foundation_weights(name: str, folder: Path) -> tuple[Path, int]:
+    """A random small ViT of the foundation model's architecture saved in timm's key layout."""
+    size = 32 if name == "uni" else 28
+    backbone = FoundationBackbone(name, None, {**TINY_VIT, "img_size": size})
+    path = folder / f"{name}.safetensors"
+    save_file({k: v.contiguous() for k, v in backbone.vit.state_dict().items()}, str(path))
+    return path, size
+
+
+def preset_args(name: str, out: Path, tmp: Path) -> list[str]:
+    recipe = PRESETS[name]
+    fold = "tupac16" if recipe.cv == "lodo" else "cv1of5"
+    args = ["--manifest", str(AMIBR_FIXTURE / "manifest.csv"), "--out", str(out), "--preset", name, "--epochs", "1",
+            "--batch-size", "4", "--folds", fold, "--cache", str(tmp / "cache")]
+    changes = dict(SHRINK.get(name, {}))
+    if recipe.network.kind == "foundation":
+        weights, size = tiny_foundation_weights(recipe.network.backbone, tmp)
+        args += ["--pretrained", str(weights)]
+        changes = {"network.backbone_kwargs": {**TINY_VIT, "img_size": size}, "network.input_size": size}
+    return args + [f"--set={k}={json.dumps(v)}" for k, v in changes.items()]
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_trains_end_to_end(name, tmp_path):
+    out = tmp_path / "run"
+    train.main(preset_args(name, out, tmp_path))
+    (fold,) = [p for p in out.iterdir() if p.is_dir()]
+    config = json.loads((fold / "config.json").read_text())
+    recipe = PRESETS[name]
+    assert (fold / "model.safetensors").stat().st_size > 10_000
+    assert config["recipe"]["cv"] == recipe.cv and config["network"]["kind"] == recipe.network.kind
+    assert config["selected_on"] == ("val/ba" if recipe.select == "val_ba" else "val/loss")
+    if recipe.network.finetune == "lora":  # checkpoints hold merged weights: no adapter left
+        assert b"lora_" not in (fold / "model.safetensors").read_bytes()[:100_000]
+    columns = (fold / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"val/ba", "train/cls"} <= set(columns)
+    if name == "seed003":  # the contrastive and domain-adversarial losses ran
+        assert {"train/supcon", "train/domain"} <= set(columns)
+    probs = evaluate.evaluate_run([fold], load_patches(AMIBR_FIXTURE / "manifest.csv").images[:4])[fold.name][0]
+    assert probs.shape == (4,) and np.all((probs >= 0) & (probs <= 1))
+
+
+def test_vit_and_foundation_lora_ensembles_run_in_the_container_runtime(tmp_path):
+    runs = []
+    for name in ("seed002-vit-l16", "seed003"):
+        out = tmp_path / name
+        train.main(preset_args(name, out, tmp_path))
+        runs.append(out)
+    doc = export.export_ensemble(runs, tmp_path / "weights", manifest=str(AMIBR_FIXTURE / "manifest.csv"))
+    assert [f["network"]["kind"] for f in doc["folds"]] == ["timm", "foundation"]
+    assert doc["provenance"]["parity_vs_pytorch_fp32"]["real"]["class_agreement"] >= 0.9
+    images = load_patches(AMIBR_FIXTURE / "manifest.csv").images
+    ref = evaluate.evaluate_run(runs, images)
+    got = Ensemble(tmp_path / "weights").probabilities(images)
+    np.testing.assert_allclose(got, np.stack([ref[f["name"]][0] for f in doc["folds"]], 1), atol=0.03)

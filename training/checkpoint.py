@@ -1,0 +1,80 @@
+"""Fold checkpoints: ``model.safetensors`` (tensors only, no pickle) + ``config.json`` beside it.
+
+``config.json`` holds the network config (enough to rebuild the module), the recipe, the fold and the
+validation figures at the selected epoch. Loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from training.network import NetworkConfig, build_network
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+def save_checkpoint(folder: str | Path, net: nn.Module, meta: dict) -> Path:
+    """``net``: a network from :func:`build_network` in its plain form (LoRA merged)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    save_file(state, folder / WEIGHTS_FILE)
+    config = {"network": net.cfg.to_dict(), **meta}
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str))
+    return folder
+
+
+def read_config(folder: str | Path) -> dict:
+    return json.loads((Path(folder) / CONFIG_FILE).read_text())
+
+
+def load_network(folder: str | Path) -> tuple[nn.Module, dict]:
+    """Rebuild the network from ``config.json`` and load ``model.safetensors`` (strict)."""
+    config = read_config(folder)
+    cfg = NetworkConfig.from_dict({**config["network"], "pretrained": False})
+    net = build_network(cfg)
+    net.load_state_dict(load_file(Path(folder) / WEIGHTS_FILE), strict=True)
+    return net.eval(), config
+
+
+def init_weights(net: nn.Module, path: str | Path) -> list[str]:
+    """Start ``net`` from the tensors of a fold folder (or a ``.safetensors`` file) to fine-tune or train on.
+
+    Every tensor there must exist in ``net`` with the same shape. Returns the names of ``net``'s tensors that
+    the file lacks (e.g. the decoders, when it comes from a single-task model); they keep their fresh values.
+    """
+    path = Path(path)
+    file = path / WEIGHTS_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no weights to start from")
+    result = net.load_state_dict(load_file(file), strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"{file}: tensors the network does not have, e.g. {result.unexpected_keys[:3]}")
+    return list(result.missing_keys)
+
+
+def load_pruned(folder: str | Path) -> tuple[nn.Module, dict]:
+    net, config = load_network(folder)
+    return net.pruned().eval(), config
+
+
+def find_fold_checkpoints(run: str | Path) -> list[Path]:
+    """Fold folders (those holding a finished ``model.safetensors``) under a run folder, or the folder itself."""
+    run = Path(run)
+    if (run / WEIGHTS_FILE).is_file():
+        return [run]
+    folds = sorted(p.parent for p in run.glob(f"*/{WEIGHTS_FILE}"))
+    if not folds:
+        raise FileNotFoundError(f"no fold checkpoints ({WEIGHTS_FILE}) under {run}")
+    return folds
+
+
+def load_weights_only(path: str | Path) -> dict:
+    """A Lightning/PyTorch checkpoint read with ``weights_only=True``: tensors and plain containers only."""
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,145 @@
+"""Training recipes: the seed-001 preset, our from-scratch default, and the competing methods of seeds 002
+and 003 as presets. Any field can be overridden (``python -m training.train --set key=value``).
+
+A recipe is checked when it is built: an unknown loss, schedule, sampling, selection, cross-validation,
+network kind or fine-tuning name fails at once, before any data is loaded, listing the valid names.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from training.augment import AugmentConfig
+from training.folds import CV_SCHEMES
+from training.network import NetworkConfig
+from training.sampling import SAMPLING
+
+LOSSES = ("bce", "focal")
+SCHEDULES = ("constant", "cosine", "plateau")
+SELECTIONS = {"val_loss": ("val/loss", "min"), "val_ba": ("val/ba", "max")}  # name -> (logged metric, better)
+
+
+@dataclass
+class Recipe:
+    epochs: int = 50
+    batch_size: int = 24
+    lr: float = 4e-5
+    weight_decay: float = 0.0
+    # constant | cosine (per step, after a linear warm-up) | plateau (halve the LR on a flat validation metric)
+    schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # classification, segmentation Dice, pixel-class Dice
+    select: str = "val_loss"  # model selection on the validation part: val_loss (seed 001) | val_ba
+    early_stopping: int = 0  # stop a fold after this many epochs without a better selection metric; 0 = off
+    cv: str = "lodo"  # lodo (leave one domain out) | slide-kfold (stratified k-fold grouped by slide)
+    n_splits: int = 5  # slide-kfold only
+    sampling: str = "shuffle"  # shuffle | balanced (by class) | domain-aware (by domain x class, hard examples)
+    hard_example_weight: float = 1.0  # domain-aware sampling: weight of the per-sample loss (hard-example mining)
+    loss: str = "bce"  # bce | focal (adaptive focal loss)
+    class_weighted: bool = True  # inverse-frequency class weights in the classification loss
+    focal_gamma: float = 2.0  # largest focusing parameter of the adaptive focal loss
+    soft_labels: float = 0.0  # weight of the expert-vote fraction in the target (0 = majority label only)
+    mixup_alpha: float = 0.0  # MixUp Beta(alpha, alpha); 0 = off (classifier-only networks)
+    supcon_weight: float = 0.0  # supervised contrastive loss on the embedding; 0 = off
+    supcon_temperature: float = 0.1
+    domain_adversarial: float = 0.0  # weight of the gradient-reversal domain head's loss; 0 = off
+    seed: int = 0
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        for name, value, valid in (("loss", self.loss, LOSSES), ("schedule", self.schedule, SCHEDULES),
+                                   ("sampling", self.sampling, SAMPLING), ("select", self.select, tuple(SELECTIONS)),
+                                   ("cv", self.cv, CV_SCHEMES)):
+            if value not in valid:
+                raise ValueError(f"unknown {name} {value!r} (one of {', '.join(valid)})")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Recipe:
+        d = dict(d)
+        net = NetworkConfig.from_dict(d.pop("network", {}))
+        aug = AugmentConfig.from_dict(d.pop("augment", {}))
+        if d.pop("balanced_sampling", False):  # recipes written before `sampling` existed
+            d["sampling"] = "balanced"
+        d["loss_weights"] = tuple(d.get("loss_weights", (1.0, 1.0, 1.0)))
+        return cls(network=net, augment=aug, **d)
+
+    def single_task(self) -> Recipe:
+        return replace(self, network=replace(self.network, decoders=False))
+
+    def with_overrides(self, assignments: list[str]) -> Recipe:
+        """``key=value`` strings; ``network.key`` / ``augment.key`` reach inside; values are JSON (or plain text)."""
+        recipe = self
+        for item in assignments:
+            key, sep, text = item.partition("=")
+            if not sep:
+                raise ValueError(f"--set {item!r}: expected key=value")
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                value = text
+            value = tuple(value) if isinstance(value, list) else value
+            part, _, name = key.rpartition(".")
+            if part in ("network", "augment"):
+                inner = getattr(recipe, part)
+                _check_field(inner, name, key)
+                recipe = replace(recipe, **{part: replace(inner, **{name: value})})
+            elif part:
+                raise ValueError(f"--set {key}: unknown section {part!r} (network, augment)")
+            else:
+                _check_field(recipe, name, key)
+                recipe = replace(recipe, **{name: value})
+        return recipe
+
+
+def _check_field(obj: object, name: str, key: str) -> None:
+    names = [f.name for f in fields(obj)]
+    if name not in names:
+        raise ValueError(f"--set {key}: no such field; choose from {names}")
+
+
+# Seed 002's end-to-end baselines: 224 px, flips, small rotations, colour jitter, random resized crop,
+# class-balanced sampling (plain BCE), Adam 5e-5, LR halved on a validation plateau, early stopping on
+# validation BA, 5-fold StratifiedGroupKFold by slide.
+SEED002_AUGMENT = AugmentConfig(d4=False, flips=True, rotation_deg=10.0, crop_scale=(0.8, 1.0), stain_scale=0.0,
+                                stain_shift=0.0, brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1)
+SEED002 = Recipe(epochs=100, batch_size=8, lr=5e-5, schedule="plateau", select="val_ba", early_stopping=15,
+                 cv="slide-kfold", sampling="balanced", class_weighted=False, augment=SEED002_AUGMENT)
+
+
+def _seed002(backbone: str) -> Recipe:
+    return replace(SEED002, network=NetworkConfig(kind="timm", backbone=backbone, input_size=224))
+
+
+def _foundation(name: str, finetune: str, **changes) -> Recipe:
+    """Seed 002's foundation-model runs: local weights (--pretrained PATH), linear head, 224 px."""
+    return replace(SEED002, **changes, network=NetworkConfig(kind="foundation", backbone=name, input_size=224,
+                                                             finetune=finetune))
+
+
+PRESETS: dict[str, Recipe] = {
+    # Seed 001 as published: Adam 4e-5, batch 24, 50 epochs, selection on validation loss.
+    "seed001": Recipe(),
+    # From scratch on a few thousand patches: higher peak LR with warm-up and cosine decay, weight decay,
+    # stronger stain augmentation, selection on validation balanced accuracy.
+    "scratch": Recipe(epochs=30, lr=3e-4, weight_decay=1e-4, schedule="cosine", warmup_epochs=1.0,
+                      select="val_ba", augment=AugmentConfig(stain_scale=0.1, stain_shift=0.03)),
+    "seed002-efficientnetv2-m": _seed002("efficientnetv2_m"),
+    "seed002-vit-l16": _seed002("vit_large_patch16_224"),
+    "seed002-swin-b": _seed002("swin_base_patch4_window7_224"),
+    "uni-linear": _foundation("uni", "linear", lr=1e-3),
+    "uni-lora": _foundation("uni", "lora"),
+    "virchow-lora": _foundation("virchow", "lora"),
+    "virchow2-lora": _foundation("virchow2", "lora"),
+    "h-optimus-0-lora": _foundation("h-optimus-0", "lora"),
+    # Seed 003: H-optimus-0 + LoRA with MixUp, soft labels from expert votes, adaptive focal loss,
+    # supervised contrastive loss, a domain-adversarial head and domain-aware / hard-example sampling;
+    # leave-one-domain-out so that the domain head and sampler see the domains.
+    "seed003": _foundation("h-optimus-0", "lora", cv="lodo", sampling="domain-aware", loss="focal", soft_labels=1.0,
+                           mixup_alpha=0.2, supcon_weight=0.1, domain_adversarial=0.1, class_weighted=True,
+                           epochs=30, early_stopping=8, batch_size=16),
+}

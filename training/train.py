@@ -1,0 +1,347 @@
+"""Cross-validated training of any recipe (Lightning): seed 001's multi-task network by default.
+
+    python -m training.train --manifest ../shared/data/amibr/manifest.csv --split train \
+        --preset seed001 --out runs/amibr-seed001
+
+Folds: leave one domain out (``cv=lodo``; validation = that domain) or slide-grouped stratified k-fold
+(``cv=slide-kfold``). Each fold writes ``<out>/<fold>/``: Lightning checkpoints every epoch
+(``ckpt/last.ckpt``, ``ckpt/best.ckpt``), ``metrics.csv`` (per-epoch losses, BA, AUROC, patches/s), and,
+when the fold finishes, ``model.safetensors`` + ``config.json`` (see checkpoint.py; LoRA merged).
+``--resume`` skips finished folds and continues an interrupted one from ``ckpt/last.ckpt``. ``--init RUN``
+starts each fold from the same fold's weights in an earlier run (continued training or fine-tuning).
+CPU runs use bf16 autocast + channels_last; GPUs use AMP; several GPUs use Lightning's DDP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from torch.utils.data import DataLoader, TensorDataset
+
+from training.augment import augment, mixup
+from training.checkpoint import WEIGHTS_FILE, init_weights, load_weights_only, save_checkpoint
+from training.data import FORMATS, PatchSet, load_patches
+from training.folds import Fold, make_folds
+from training.heads import DomainHead, ProjectionHead, dann_schedule
+from training.losses import (
+    AdaptiveFocalLoss,
+    SupConLoss,
+    binary_dice_loss,
+    inverse_frequency_weights,
+    multiclass_dice_loss,
+    soft_targets,
+    weighted_bce,
+)
+from training.masks import GENERATOR_VERSION, generate_masks, load_masks
+from training.network import build_network, has_decoders, to_input
+from training.recipe import PRESETS, SELECTIONS, Recipe
+from training.sampling import DomainAwareSampler, make_loader
+
+
+class MitosisTask(L.LightningModule):
+    """Wraps a network from :func:`build_network` with the recipe's losses, augmentation and metrics.
+
+    Loss = classification (class-weighted BCE or adaptive focal, on hard or vote-softened targets, MixUp
+    optional) + Dice + Dice (decoders) + supervised contrastive (projection of the embedding) + domain
+    adversarial (gradient reversal). The projection and domain heads live here, not in the network, so
+    checkpoints and exports hold the network alone.
+    """
+
+    def __init__(self, recipe: dict, class_weights: tuple[float, float], steps_per_epoch: int,
+                 n_domains: int = 1) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.recipe = Recipe.from_dict(recipe)
+        r = self.recipe
+        self.class_weights = tuple(class_weights) if r.class_weighted else (1.0, 1.0)
+        self.steps_per_epoch = steps_per_epoch
+        self.net = build_network(r.network, train=True).to(memory_format=torch.channels_last)
+        self.decoders = has_decoders(r.network)
+        self.focal = AdaptiveFocalLoss(self.class_weights, r.focal_gamma) if r.loss == "focal" else None
+        dim = self.net.embed_dim
+        self.projection = ProjectionHead(dim) if r.supcon_weight else None
+        self.supcon = SupConLoss(r.supcon_temperature) if r.supcon_weight else None
+        self.domain_head = DomainHead(dim, n_domains) if r.domain_adversarial else None
+        self.sampler: DomainAwareSampler | None = None  # set by train_fold for domain-aware sampling
+        self._val_probs: list[torch.Tensor] = []
+        self._val_labels: list[torch.Tensor] = []
+
+    @staticmethod
+    def to_input(images: torch.Tensor) -> torch.Tensor:
+        """uint8 [N,H,W,3] -> float [N,3,H,W] in [0,1], channels_last memory."""
+        return to_input(images).contiguous(memory_format=torch.channels_last)
+
+    def targets(self, labels: torch.Tensor, votes: torch.Tensor) -> torch.Tensor:
+        return soft_targets(labels, votes, self.recipe.soft_labels) if self.recipe.soft_labels else labels
+
+    def classification_loss(self, logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.focal is not None:
+            return self.focal(logit, target)
+        return weighted_bce(logit, target, self.class_weights)
+
+    def losses(self, out: dict, target: torch.Tensor, pix: torch.Tensor) -> dict[str, torch.Tensor]:
+        w_cls, w_seg, w_pix = self.recipe.loss_weights
+        parts = {"cls": self.classification_loss(out["logit"], target)}
+        total = w_cls * parts["cls"]
+        if self.decoders:
+            parts["dice_seg"] = binary_dice_loss(out["seg"], pix > 0)
+            parts["dice_pix"] = multiclass_dice_loss(out["pix"], pix)
+            total = total + w_seg * parts["dice_seg"] + w_pix * parts["dice_pix"]
+        parts["loss"] = total
+        return parts
+
+    def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
+        images, pix, labels, votes, domains, index = batch
+        r = self.recipe
+        x, pix = augment(self.to_input(images), pix if self.decoders else None, r.augment)
+        target = self.targets(labels, votes)
+        if r.mixup_alpha:
+            x, target = mixup(x, target, r.mixup_alpha)
+        out = self.net(x.contiguous(memory_format=torch.channels_last))
+        parts = self.losses(out, target, pix)
+        if self.supcon is not None:
+            parts["supcon"] = self.supcon(self.projection(out["embedding"].float()), labels.long())
+            parts["loss"] = parts["loss"] + r.supcon_weight * parts["supcon"]
+        if self.domain_head is not None:
+            progress = self.global_step / max(1, r.epochs * self.steps_per_epoch)
+            domain_logits = self.domain_head(out["embedding"].float(), dann_schedule(progress))
+            parts["domain"] = F.cross_entropy(domain_logits, domains)
+            parts["loss"] = parts["loss"] + r.domain_adversarial * parts["domain"]
+        if self.sampler is not None:
+            logit = out["logit"].float().detach()
+            per_sample = F.binary_cross_entropy_with_logits(logit, target.float(), reduction="none")
+            self.sampler.update(index, per_sample)
+        self.log_dict({f"train/{k}": v for k, v in parts.items()}, on_step=False, on_epoch=True,
+                      batch_size=len(labels), sync_dist=True)
+        return parts["loss"]
+
+    def validation_step(self, batch: tuple, batch_idx: int) -> None:
+        images, pix, labels, votes, _, _ = batch
+        out = self.net(self.to_input(images))
+        parts = self.losses(out, self.targets(labels, votes), pix)
+        self.log_dict({f"val/{k}": v for k, v in parts.items()}, on_epoch=True, batch_size=len(labels),
+                      sync_dist=True)
+        self._val_probs.append(torch.sigmoid(out["logit"].float()).detach())
+        self._val_labels.append(labels.detach())
+
+    def on_validation_epoch_end(self) -> None:
+        probs = self.all_gather(torch.cat(self._val_probs)).reshape(-1).cpu().numpy()
+        labels = self.all_gather(torch.cat(self._val_labels)).reshape(-1).cpu().numpy() >= 0.5
+        self._val_probs.clear()
+        self._val_labels.clear()
+        ba = balanced_accuracy_score(labels, probs >= 0.5)
+        auroc = roc_auc_score(labels, probs) if 0 < labels.sum() < len(labels) else float("nan")
+        self.log_dict({"val/ba": float(ba), "val/auroc": float(auroc)}, sync_dist=False)
+
+    def configure_optimizers(self):
+        r = self.recipe
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay)
+        if r.schedule == "constant":
+            return opt
+        if r.schedule == "plateau":
+            monitor, mode = SELECTIONS[r.select]
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=mode, factor=0.5, patience=3, min_lr=1e-7)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": monitor, "interval": "epoch"}}
+        total = max(1, r.epochs * self.steps_per_epoch)  # cosine, after a linear warm-up
+        warm = int(r.warmup_epochs * self.steps_per_epoch)
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class Throughput(Callback):
+    """Logs training patches/s and epoch wall time into metrics.csv."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._start, self._seen = time.perf_counter(), 0
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self._seen += len(batch[2])
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        dt = time.perf_counter() - self._start
+        module.log_dict({"perf/train_patches_per_s": self._seen / dt, "perf/train_epoch_s": dt})
+
+
+def tensors(ps: PatchSet, masks: np.ndarray | None, domain_ids: np.ndarray) -> TensorDataset:
+    """uint8 images, pixel-class targets (0 background, 1 normal, 2 atypical; a 1x1 placeholder without
+    masks), float labels, vote fractions (NaN where unknown), domain ids, row indices."""
+    if masks is None:
+        pix = np.zeros((len(ps), 1, 1), np.uint8)
+    else:
+        pix = masks.astype(np.uint8) * (1 + ps.labels[:, None, None]).astype(np.uint8)
+    votes = ps.votes if ps.votes is not None else np.full(len(ps), np.nan, np.float32)
+    return TensorDataset(torch.from_numpy(ps.images), torch.from_numpy(pix),
+                         torch.from_numpy(ps.labels.astype(np.float32)), torch.from_numpy(votes.astype(np.float32)),
+                         torch.from_numpy(domain_ids.astype(np.int64)), torch.arange(len(ps)))
+
+
+def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray | None, recipe: Recipe, out: Path, *, resume: bool,
+               accelerator: str, devices: str | int, precision: str | None, max_steps: int = -1,
+               limit_val_batches: float | int = 1.0, progress: bool = True, mask_source: str = GENERATOR_VERSION,
+               init: Path | None = None) -> Path:
+    """Train one fold; returns its folder (with model.safetensors + config.json). ``init``: a run folder
+    whose same-named fold (or a fold folder / weights file) the network starts from."""
+    folder = out / fold.name
+    if resume and (folder / WEIGHTS_FILE).is_file():
+        print(f"[{fold.name}] finished earlier, skipped")
+        return folder
+    train_idx, val_idx, _ = fold.indices(data.domains, data.slides)
+    train, val = data.subset(train_idx), data.subset(val_idx)
+    weights = inverse_frequency_weights(train.labels)
+    domain_names = sorted(set(train.domains))  # the domain head's classes (validation ids are never used)
+    domain_id = lambda ps: np.searchsorted(domain_names, ps.domains).clip(0, len(domain_names) - 1)  # noqa: E731
+    L.seed_everything(recipe.seed, workers=True, verbose=False)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    pick = (lambda idx: masks[idx]) if masks is not None else (lambda idx: None)  # noqa: E731
+    loader, sampler = make_loader(train, tensors(train, pick(train_idx), domain_id(train)), recipe, weights, gen)
+    val_loader = DataLoader(tensors(val, pick(val_idx), domain_id(val)), 64)
+    module = MitosisTask(recipe.to_dict(), weights, len(loader), len(domain_names))
+    module.sampler = sampler
+    last = folder / "ckpt" / "last.ckpt"
+    init_file = fold_weights(init, fold.name) if init is not None else None
+    if init_file is not None and not (resume and last.is_file()):
+        fresh = init_weights(module.net, init_file)
+        print(f"[{fold.name}] starting from {init_file}" + (f"; {len(fresh)} tensors fresh" if fresh else ""))
+    monitor, mode = SELECTIONS[recipe.select]
+    best = ModelCheckpoint(folder / "ckpt", filename="best", monitor=monitor, mode=mode, save_last=True,
+                           save_top_k=1, enable_version_counter=False)
+    callbacks = [best, Throughput()]
+    if recipe.early_stopping:
+        # strict=False: --max-steps may end a fold before any validation
+        callbacks.append(EarlyStopping(monitor, patience=recipe.early_stopping, mode=mode, strict=False))
+    on_gpu = accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
+    trainer = L.Trainer(
+        max_epochs=recipe.epochs, max_steps=max_steps, accelerator=accelerator, devices=devices,
+        precision=precision or "bf16-mixed", deterministic="warn" if on_gpu else True,
+        logger=CSVLogger(folder, name="", version=""), callbacks=callbacks,
+        num_sanity_val_steps=0, limit_val_batches=limit_val_batches, log_every_n_steps=10,
+        enable_progress_bar=progress, enable_model_summary=False,
+    )
+    trainer.fit(module, loader, val_loader, ckpt_path=last if resume and last.is_file() else None,
+                weights_only=True)
+    if trainer.global_rank != 0:
+        return folder
+    state = load_weights_only(best.best_model_path or last)
+    module.load_state_dict(state["state_dict"])
+    net = module.net.merged() if hasattr(module.net, "merged") else module.net
+    selected = {k: float(v) for k, v in trainer.callback_metrics.items()} if not best.best_model_path else None
+    meta = {
+        "fold": fold.to_dict(), "recipe": recipe.to_dict(), "class_weights": weights, "threshold": 0.5,
+        "selected_epoch": int(state["epoch"]), "selected_on": monitor,
+        "masks": mask_source if has_decoders(recipe.network) else None,
+        "init": str(init_file) if init_file is not None else None,
+        "selected_score": float(best.best_model_score) if best.best_model_score is not None else selected,
+        "data": {"train": int(len(train)), "val": int(len(val)),
+                 "train_atypical": int(train.labels.sum()), "val_atypical": int(val.labels.sum())},
+    }
+    save_checkpoint(folder, net.float(), meta)
+    print(f"[{fold.name}] selected epoch {meta['selected_epoch']} ({monitor} = {meta['selected_score']})")
+    return folder
+
+
+def fold_weights(init: Path, fold_name: str) -> Path:
+    """The weights a fold starts from: ``init/<fold>/`` when it exists, else ``init`` itself (one model for all)."""
+    for candidate in (init / fold_name / WEIGHTS_FILE, init / WEIGHTS_FILE, init):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"--init {init}: neither {init / fold_name / WEIGHTS_FILE} nor a weights file")
+
+
+def build_recipe(args: argparse.Namespace) -> Recipe:
+    recipe = PRESETS[args.preset]
+    overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "select", "seed")
+                 if getattr(args, k) is not None}
+    recipe = replace(recipe, **overrides)
+    net = recipe.network
+    if args.backbone:
+        net = replace(net, backbone=args.backbone)
+    if args.pretrained:
+        net = replace(net, pretrained=True if args.pretrained == "hub" else args.pretrained)
+    recipe = replace(recipe, network=net).with_overrides(args.set or [])
+    recipe = recipe.single_task() if args.single_task else recipe
+    if recipe.mixup_alpha and has_decoders(recipe.network):
+        raise ValueError("MixUp mixes images but not their masks: use it with decoders off (--single-task)")
+    if recipe.network.kind == "foundation" and not recipe.network.pretrained:
+        print("warning: a foundation model without --pretrained PATH starts from random weights")
+    return recipe
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--manifest", required=True, help="CSV manifest, or a class-folder root with --format folders")
+    p.add_argument("--format", default="amibr", choices=[*FORMATS, "folders"])
+    p.add_argument("--root", help="folder the manifest's paths are relative to (default: the manifest's)")
+    p.add_argument("--split", help="use only rows of this split (e.g. train)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--preset", default="seed001", choices=sorted(PRESETS))
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--select", choices=sorted(SELECTIONS))
+    p.add_argument("--seed", type=int)
+    p.add_argument("--backbone", help="timm model name (multi-task: a CNN with features_only), or a foundation model")
+    p.add_argument("--pretrained",
+                   help="'hub' for timm's weights, or a local weights file (foundation models: required)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override any recipe field, e.g. mixup_alpha=0.2, network.finetune=linear, augment.hue=0.05")
+    p.add_argument("--single-task", action="store_true", help="decoders off (ablation)")
+    p.add_argument("--folds", help="comma-separated fold names or validation domains to run (default: all)")
+    p.add_argument("--hold-out-test", action="store_true",
+                   help="LODO: each fold also holds the next domain out for test")
+    p.add_argument("--masks", help="folder of masks made elsewhere (default: built-in generator)")
+    p.add_argument("--cache", default="cache", help="mask cache folder")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--init", type=Path, help="start each fold from the same fold's weights in this earlier run "
+                   "(or from one fold folder / .safetensors file); tensors it lacks, e.g. decoders, start fresh")
+    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--devices", default="auto")
+    p.add_argument("--precision", help="Lightning precision (default bf16-mixed)")
+    p.add_argument("--max-steps", type=int, default=-1, help="stop each fold after this many steps (smoke runs)")
+    p.add_argument("--limit-val-batches", type=float, default=1.0)
+    args = p.parse_args(argv)
+
+    recipe = build_recipe(args)
+    data = load_patches(args.manifest, args.format, args.root)
+    if args.split:
+        data = data.where(split=args.split)
+    print(f"{len(data)} patches, {int(data.labels.sum())} atypical, domains {sorted(set(data.domains))}")
+    masks = None
+    if has_decoders(recipe.network):
+        masks = load_masks(args.masks, data.paths, args.root or Path(args.manifest).parent) if args.masks \
+            else generate_masks(data.images, args.cache)
+    folds = make_folds(recipe.cv, data.domains, data.labels, data.slides, n_splits=recipe.n_splits,
+                       hold_out_test=args.hold_out_test, seed=recipe.seed)
+    if args.folds:
+        wanted = args.folds.split(",")
+        folds = [f for f in folds if f.val_domain in wanted or f.name in wanted]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
+    limit_val = int(args.limit_val_batches) if args.limit_val_batches > 1 else args.limit_val_batches
+    mask_source = f"external:{args.masks}" if args.masks else GENERATOR_VERSION
+    for fold in folds:
+        train_fold(fold, data, masks, recipe, args.out, resume=args.resume, accelerator=args.accelerator,
+                   devices=args.devices, precision=args.precision, max_steps=args.max_steps,
+                   limit_val_batches=limit_val, mask_source=mask_source, init=args.init)
+
+
+if __name__ == "__main__":
+    main()
