@@ -1,13 +1,17 @@
 # MIDOG 2025 Track 2 algorithm container (Grand Challenge). Build with ./build.sh (linux/amd64).
-FROM python:3.11-slim
+# BASE_IMAGE: CI, which reaches no registry, builds on a stand-in made from Debian packages (.ci/stand-in-base).
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
 
 # NVIDIA_DRIVER_CAPABILITIES: have the NVIDIA container runtime mount the CUDA driver (libcuda), not only
-# nvidia-smi, into an image that is not built on a CUDA base image.
+# nvidia-smi, into an image that is not built on a CUDA base image. ORT_DISABLE_TELEMETRY: onnxruntime records
+# and sends nothing (runtime/device.py sets it too).
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    ORT_DISABLE_TELEMETRY=1
 
 RUN groupadd --system --gid 1001 user && useradd --system --uid 1001 --gid 1001 --create-home --home-dir /home/user user
 
@@ -16,9 +20,9 @@ WORKDIR /opt/app
 COPY requirements.txt ./
 RUN python -m pip install --no-cache-dir -r requirements.txt
 
-# Runtime code only: the training modules (torch) stay out of the image.
+# The torch-free runtime only: the training package stays out of the image.
 COPY process.py ./
-COPY model/__init__.py model/ensemble.py model/errors.py model/grand_challenge.py model/stack.py model/vote.py ./model/
+COPY runtime/ ./runtime/
 COPY weights/ensemble.json weights/ensemble.onnx ./weights/
 
 USER 1001:1001
