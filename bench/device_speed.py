@@ -11,31 +11,19 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from inference_speed import best_and_median, run_cold  # noqa: E402
+
 from runtime.contract import default_weights  # noqa: E402
 from runtime.ensemble import Ensemble  # noqa: E402
 from runtime.grand_challenge import find_stack  # noqa: E402
 from runtime.stack import read_stack  # noqa: E402
-
-
-def cold_seconds(env: dict[str, str], args: argparse.Namespace) -> list[float]:
-    """Wall seconds of whole process.py runs (import, model load, read, infer, write)."""
-    times = []
-    for _ in range(args.repeats):
-        with tempfile.TemporaryDirectory() as out:
-            start = time.perf_counter()
-            subprocess.run([sys.executable, "process.py", "--input", args.input, "--output", out, "--weights",
-                            args.weights], cwd=ROOT, env=env, check=True, capture_output=True)
-            times.append(time.perf_counter() - start)
-    return times
 
 
 def main() -> None:
@@ -46,30 +34,27 @@ def main() -> None:
     p.add_argument("--threads", default="4", help="CPU threads for the CPU rows (a g4dn.xlarge has 4 vCPUs)")
     args = p.parse_args()
     pages = read_stack(find_stack(args.input))
+    out = tempfile.mkdtemp(prefix="amf-bench-")
+    process = [sys.executable, "process.py", "--input", args.input, "--output", out, "--weights", args.weights]
     print(f"{len(pages)}-page stack, {args.repeats} runs each\n")
-    print("| device | cold process.py, median s (min-max) | warm per stack, best s (median) |\n|---|---|---|")
+    print("| device | cold process.py, median s (min-max) | peak RSS MB | warm per stack, best s (median) |\n"
+          "|---|---|---|---|")
     for device in ("cpu", "cuda"):
         os.environ["AMF_DEVICE"] = device
         if device == "cpu":
             os.environ["AMF_THREADS"] = args.threads
         else:
             os.environ.pop("AMF_THREADS", None)
-        env = dict(os.environ)
         ensemble = Ensemble(args.weights, n_pages=len(pages))
         if ensemble.device_note:
-            print(f"| {device} | not measured: {ensemble.device_note} | |")
+            print(f"| {device} | not measured: {ensemble.device_note} | | |")
             continue
-        cold = cold_seconds(env, args)
-        warm = []
-        for _ in range(args.repeats + 1):
-            start = time.perf_counter()
-            ensemble.predict(pages)
-            warm.append(time.perf_counter() - start)
-        warm = warm[1:]  # the first call pays for lazy initialisation
+        cold = [run_cold(process) for _ in range(args.repeats)]
+        seconds = [t for t, _ in cold]
+        best, median = best_and_median(lambda e=ensemble: e.predict(pages), args.repeats)
         label = f"{device} ({ensemble.provider}, {args.threads} threads)" if device == "cpu" else ensemble.provider
-        print(f"| {label} | {statistics.median(cold):.2f} ({min(cold):.2f}-{max(cold):.2f}) | "
-              f"{min(warm):.3f} ({statistics.median(warm):.3f}) |", flush=True)
-
+        print(f"| {label} | {statistics.median(seconds):.2f} ({min(seconds):.2f}-{max(seconds):.2f}) | "
+              f"{max(rss for _, rss in cold):.0f} | {best:.3f} ({median:.3f}) |", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -50,9 +50,9 @@ class Ensemble:
         ort = load_onnxruntime()
         self.spec = read_spec(weights_dir)
         self.model_file, self.thresholds = self.spec.model_file, self.spec.thresholds
+        if tta is not None and tta not in TTA_VIEWS:  # the spec's own mode is checked by read_spec
+            raise ModelError(f"unknown tta {tta!r} ({' | '.join(TTA_VIEWS)})")
         self.tta = tta or self.spec.tta
-        if self.tta not in TTA_VIEWS:
-            raise ModelError(f"{self.spec.path}: unknown tta {self.tta!r} ({' | '.join(TTA_VIEWS)})")
         options = _session_options(ort, expand_weights)
         self.device_note: str | None = None
         try:
