@@ -17,8 +17,12 @@ RUN groupadd --system --gid 1001 user && useradd --system --uid 1001 --gid 1001 
 
 WORKDIR /opt/app
 
-COPY requirements.txt ./
-RUN python -m pip install --no-cache-dir -r requirements.txt
+# REQUIREMENTS: the runtime installed: requirements.txt (onnxruntime-gpu + CUDA 12 wheels, the default) or
+# requirements-cpu.txt (the CPU build of onnxruntime only: the lean image ./build.sh --cpu builds). Declared
+# here, so that the layers above are shared by both images; both lists are copied (a few lines of text).
+ARG REQUIREMENTS=requirements.txt
+COPY requirements.txt requirements-cpu.txt ./
+RUN python -m pip install --no-cache-dir -r "${REQUIREMENTS}"
 
 # The torch-free runtime only: the training package stays out of the image.
 COPY process.py ./

@@ -1,21 +1,57 @@
 #!/usr/bin/env bash
-# Build the algorithm image. `./build.sh save` also writes amf-mtl.tar.gz (a gzipped docker-archive), the file
-# to upload to Grand Challenge.
-#   ./build.sh [save] [extra build options...]
-# ENGINE=docker|podman|buildah picks the engine (default: docker when its daemon answers, else podman, else
-# buildah); IMAGE (default amf-mtl) the tag; BASE_IMAGE the Dockerfile's base (default python:3.11-slim; CI
-# uses the stand-in that .ci/stand-in-base builds). buildah builds daemonless with chroot isolation
-# (BUILDAH_ISOLATION overrides). With podman and buildah the build's `pip install` gets the host's pip
-# configuration (scripts/pip_build_mounts.py); docker builds without it.
+# Build the algorithm image (linux/amd64): the GPU image (requirements.txt) by default, the CPU-only one with
+# --cpu; `save` also writes IMAGE.tar.gz (a gzipped docker-archive), the file to upload to Grand Challenge.
+# ./build.sh --help for the options. With podman and buildah the build's `pip install` gets the host's pip
+# configuration (scripts/pip_build_mounts.py); docker builds without it. buildah builds daemonless with
+# chroot isolation (BUILDAH_ISOLATION overrides).
 set -euo pipefail
 cd "$(dirname "$0")"
-IMAGE="${IMAGE:-amf-mtl}"
+
+usage() {
+    cat <<'EOF'
+usage: ./build.sh [--cpu] [save] [-h|--help] [BUILD OPTION...] [-- BUILD OPTION...]
+
+Build the algorithm image from the Dockerfile (linux/amd64).
+  (default)   the GPU image: requirements.txt (onnxruntime-gpu, CUDA 12 / cuDNN 9 wheels); tag amf-mtl
+  --cpu       the CPU-only image: requirements-cpu.txt (the CPU build of onnxruntime); tag amf-mtl-cpu
+  save        then write IMAGE.tar.gz (gzipped docker-archive), the file to upload to Grand Challenge
+  -h, --help  print this help and exit
+These come in any order. Every other argument goes to the engine's build command unchanged (for example
+--no-cache or --build-arg KEY=VALUE); everything after `--` does too.
+
+Environment:
+  ENGINE      docker | podman | buildah (default: docker when its daemon answers, else podman, else buildah)
+  IMAGE       the tag (default amf-mtl, with --cpu amf-mtl-cpu)
+  BASE_IMAGE  the Dockerfile's base (default python:3.11-slim). Offline, on the Debian stand-in base:
+                .ci/stand-in-base && ENGINE=buildah BASE_IMAGE=localhost/amf-base:bookworm ./build.sh --cpu
+  BUILDAH_ISOLATION  buildah's isolation (default chroot)
+EOF
+}
+
 SAVE=0
-if [ "${1:-}" = "save" ]; then SAVE=1; shift; fi
+CPU=0
+EXTRA=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+    -h | --help) usage; exit 0 ;;
+    --cpu) CPU=1 ;;
+    save) SAVE=1 ;;
+    --) shift; EXTRA+=("$@"); break ;;
+    *) EXTRA+=("$1") ;;
+    esac
+    shift
+done
+if [ "$CPU" = 1 ]; then
+    IMAGE="${IMAGE:-amf-mtl-cpu}"
+    REQUIREMENTS=requirements-cpu.txt
+else
+    IMAGE="${IMAGE:-amf-mtl}"
+    REQUIREMENTS=requirements.txt
+fi
 
 source scripts/container_engine.sh
 
-ARGS=(--platform linux/amd64 --tag "$IMAGE")
+ARGS=(--platform linux/amd64 --tag "$IMAGE" --build-arg "REQUIREMENTS=$REQUIREMENTS")
 if [ -n "${BASE_IMAGE:-}" ]; then ARGS+=(--build-arg "BASE_IMAGE=$BASE_IMAGE"); fi
 
 TMP="$(mktemp -d)"
@@ -23,17 +59,17 @@ trap 'rm -rf "$TMP"' EXIT
 
 case "$ENGINE" in
 docker)
-    docker build "${ARGS[@]}" "$@" .
+    docker build "${ARGS[@]}" ${EXTRA[@]+"${EXTRA[@]}"} .
     ;;
 podman | buildah)
     while IFS= read -r mount; do
         [ -n "$mount" ] && ARGS+=(--volume "$mount")
     done < <(command -v python3 >/dev/null && python3 scripts/pip_build_mounts.py "$TMP/pip")
     if [ "$ENGINE" = podman ]; then
-        podman build "${ARGS[@]}" "$@" .
+        podman build "${ARGS[@]}" ${EXTRA[@]+"${EXTRA[@]}"} .
     else
         # --pull=false: use a local base (the stand-in) as it is, pull only a missing one.
-        buildah bud --isolation "${BUILDAH_ISOLATION:-chroot}" --layers --pull=false "${ARGS[@]}" "$@" .
+        buildah bud --isolation "${BUILDAH_ISOLATION:-chroot}" --layers --pull=false "${ARGS[@]}" ${EXTRA[@]+"${EXTRA[@]}"} .
     fi
     ;;
 esac

@@ -4,7 +4,9 @@
 # with test/output/expected_output.json: same classes, confidences within 1e-4, evaluator-valid entries, and
 # nothing on stderr.
 # Then print the image's size, user and Python, and fail if torch (or another training library) is in it.
-# ENGINE=docker|podman|buildah as in ./build.sh (run ./build.sh first); IMAGE (default amf-mtl).
+# ENGINE=docker|podman|buildah as in ./build.sh (run ./build.sh first); IMAGE (default amf-mtl; IMAGE=amf-mtl-cpu
+# for the CPU-only image of ./build.sh --cpu, whose onnxruntime has no CUDA provider: forced CUDA falls back
+# to the CPU there too, the note naming the CPU build).
 # buildah (no daemon; what CI uses) runs a working container with chroot isolation inside `unshare -n`: it
 # applies no entrypoint, so the command is the image's ENTRYPOINT + CMD, read with its USER and WORKDIR from
 # the image config. It passes no GPU (the run falls back to CPU) and shows the host's /dev.
