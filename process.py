@@ -26,11 +26,18 @@ from pathlib import Path
 
 from runtime.contract import default_weights
 from runtime.ensemble import Ensemble
-from runtime.errors import InputError, ModelError, OutputError
+from runtime.errors import (
+    EXIT_INPUT,
+    EXIT_INTERNAL,
+    EXIT_MODEL,
+    EXIT_OK,
+    EXIT_OUTPUT,
+    InputError,
+    ModelError,
+    OutputError,
+)
 from runtime.grand_challenge import find_stack, results_json, write_results
 from runtime.stack import read_stack
-
-EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_OUTPUT, EXIT_MODEL = 0, 1, 2, 3, 4
 
 
 def run(input_dir: Path, output_dir: Path, weights: Path) -> int:

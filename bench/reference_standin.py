@@ -44,6 +44,7 @@ def main() -> None:
     p.add_argument("--output", type=Path, default=Path("/output"))
     args = p.parse_args()
     pages = torch.from_numpy(sitk.GetArrayFromImage(sitk.ReadImage(str(find_stack(args.input)))))
+    pages = pages[None] if pages.ndim == 3 else pages  # a 1-page stack reads as one 2-D image
     results = classify(build(), pages)
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / OUTPUT_FILE).write_text(json.dumps(results))

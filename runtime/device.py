@@ -105,7 +105,7 @@ def create_session(ort: ModuleType, model_file: Path, options, want_cuda: bool):
 def _first_line(exc: Exception) -> str:
     text = " ".join(str(exc).split())
     found = re.search(r"(CUDA|CUDNN|CUBLAS) failure \d+: [^;]+", text)
-    return found.group(0) if found else text[:200]
+    return found.group(0).strip() if found else text[:200]
 
 
 def cpu_threads() -> int:

@@ -27,10 +27,8 @@ class Prediction:
     fold_probs: np.ndarray  # float32 [N, F]
 
 
-def _session_options(ort, expand_weights: bool):
+def _session_options(ort):
     so = ort.SessionOptions()
-    if expand_weights:  # fold the int8 -> float dequantisation into the weights once, at load
-        so.add_session_config_entry("session.disable_quant_qdq", "1")
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = cpu_threads()
     so.inter_op_num_threads = 1
@@ -40,20 +38,18 @@ def _session_options(ort, expand_weights: bool):
 
 class Ensemble:
     """``tta`` overrides the spec's mode; ``providers`` the device choice of runtime/device.py, which
-    ``n_pages`` (the stack's size) informs. ``expand_weights``: turn the int8 weights into float once when
-    the session is created (about a second more to load, about a quarter less time per inference): for long
-    runs such as ``runtime.predict``; the container's single-stack run (process.py) loads faster without it.
-    ``device_note`` says why CUDA was wanted but does not run (None otherwise)."""
+    ``n_pages`` (the stack's size) informs. ``device_note`` says why CUDA was wanted but does not run (None
+    otherwise)."""
 
-    def __init__(self, weights_dir: str | Path, providers: list | None = None, expand_weights: bool = False,
-                 tta: str | None = None, n_pages: int | None = None) -> None:
+    def __init__(self, weights_dir: str | Path, providers: list | None = None, tta: str | None = None,
+                 n_pages: int | None = None) -> None:
         ort = load_onnxruntime()
         self.spec = read_spec(weights_dir)
         self.model_file, self.thresholds = self.spec.model_file, self.spec.thresholds
         if tta is not None and tta not in TTA_VIEWS:  # the spec's own mode is checked by read_spec
             raise ModelError(f"unknown tta {tta!r} ({' | '.join(TTA_VIEWS)})")
         self.tta = tta or self.spec.tta
-        options = _session_options(ort, expand_weights)
+        options = _session_options(ort)
         self.device_note: str | None = None
         try:
             if providers is None:

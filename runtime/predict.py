@@ -1,20 +1,25 @@
 """Predict many patches or stacks in one process with the container's ensemble (local evaluations).
 
-    python -m runtime.predict PATH [PATH ...] --out predictions.csv [--weights DIR] [--batch 256]
+    amf predict PATH [PATH ...] --out predictions.csv [--weights DIR] [--batch-size 256] [--tta MODE] [--device D]
 
 PATH is a stack (``.tif``/``.tiff``/``.mha``: every page, read by the container's rules), a patch image
 (``.png``/``.jpg``/``.jpeg``/``.bmp``), a folder (searched recursively for both), or a CSV manifest (its
 ``file``, ``image_id``, ``path`` or ``filename`` column, relative to the CSV's folder). Patches go through
 the ensemble in batches, with a progress line on stderr. Writes one CSV row per patch: source, page,
-class, confidence (P(atypical) of the ensemble), and each fold model's probability. The weights are looked
-up as process.py does (runtime/contract.py: ``default_weights``).
+class, confidence (P(atypical) of the ensemble), and each fold model's probability, into a temporary file
+that is renamed into place at the end (no partial CSV). The weights are looked up as process.py does
+(runtime/contract.py: ``default_weights``). Errors: one line on stderr and process.py's exit codes
+(runtime/errors.py): input 2, output 3, model 4.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +28,7 @@ import numpy as np
 
 from runtime.contract import PATCH_SIZE, default_weights
 from runtime.ensemble import Ensemble
-from runtime.errors import InputError, ModelError
+from runtime.errors import EXIT_INPUT, EXIT_MODEL, EXIT_OK, EXIT_OUTPUT, InputError, ModelError, OutputError
 from runtime.stack import SUFFIXES, fit_size, read_stack, to_uint8
 
 PATCH_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -76,59 +81,107 @@ def pages_of(files: list[Path]) -> Iterator[tuple[str, int, np.ndarray]]:
             yield str(file), i, page
 
 
+class AtomicCsv:
+    """A CSV written to a temporary file beside ``path`` and renamed into place by :meth:`commit`; a failed run
+    leaves no file behind (``with`` discards it), and any failure to write is an OutputError naming ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot write the CSV ({exc.strerror or exc})") from None
+        self.file = os.fdopen(fd, "w", newline="")
+        self.writer = csv.writer(self.file)
+
+    def writerow(self, row: list) -> None:
+        try:
+            self.writer.writerow(row)
+        except OSError as exc:
+            self._fail(exc)
+
+    def commit(self) -> None:
+        try:
+            self.file.close()
+            os.chmod(self.tmp, 0o644)
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            self._fail(exc)
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self.file.close()
+        Path(self.tmp).unlink(missing_ok=True)
+
+    def _fail(self, exc: OSError) -> None:
+        self.discard()
+        raise OutputError(f"{self.path}: cannot write the CSV ({exc.strerror or exc})") from None
+
+    def __enter__(self) -> AtomicCsv:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is not None:
+            self.discard()
+
+
 def predict_files(files: list[Path], ensemble: Ensemble, out: Path, batch: int = 256) -> int:
     names = ensemble.spec.fold_names
     total = len(files)
     start, done = time.perf_counter(), 0
-    with out.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["source", "page", "class", "confidence", *[f"prob_{n}" for n in names]])
-        buffer: list[tuple[str, int, np.ndarray]] = []
+    buffer: list[tuple[str, int, np.ndarray]] = []
 
-        def flush() -> None:
-            nonlocal done
-            pred = ensemble.predict(np.stack([b[2] for b in buffer]))
-            for (source, page, _), a, c, probs in zip(buffer, pred.atypical, pred.confidence, pred.fold_probs):
-                writer.writerow([source, page, "atypical" if a else "normal", f"{c:.6f}", *[f"{p:.6f}" for p in probs]])
-            done += len(buffer)
-            buffer.clear()
-            rate = done / (time.perf_counter() - start)
-            print(f"\rpredicted {done} patches from {total} file(s), {rate:.1f} patches/s", end="", file=sys.stderr,
-                  flush=True)
+    def flush(writer: AtomicCsv) -> None:
+        nonlocal done
+        pred = ensemble.predict(np.stack([b[2] for b in buffer]))
+        for (source, page, _), a, c, probs in zip(buffer, pred.atypical, pred.confidence, pred.fold_probs):
+            writer.writerow([source, page, "atypical" if a else "normal", f"{c:.6f}", *[f"{p:.6f}" for p in probs]])
+        done += len(buffer)
+        buffer.clear()
+        rate = done / (time.perf_counter() - start)
+        print(f"\rpredicted {done} patches from {total} file(s), {rate:.1f} patches/s", end="", file=sys.stderr,
+              flush=True)
 
-        for item in pages_of(files):
-            buffer.append(item)
-            if len(buffer) == batch:
-                flush()
-        if buffer:
-            flush()
-    print(file=sys.stderr)
+    try:
+        with AtomicCsv(out) as writer:
+            writer.writerow(["source", "page", "class", "confidence", *[f"prob_{n}" for n in names]])
+            for item in pages_of(files):
+                buffer.append(item)
+                if len(buffer) == batch:
+                    flush(writer)
+            if buffer:
+                flush(writer)
+            writer.commit()
+    finally:
+        if done:  # end the progress line, however the run ends
+            print(file=sys.stderr, flush=True)
     return done
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("paths", nargs="+", type=Path)
-    p.add_argument("--out", type=Path, required=True, help="CSV to write")
-    p.add_argument("--weights", type=Path, help="folder with ensemble.json (default: as process.py)")
-    p.add_argument("--batch", type=int, default=256, help="patches per inference run")
-    args = p.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """``amf predict`` (arguments: cli/main.py); returns process.py's exit code. ``--device`` sets AMF_DEVICE
+    (runtime/device.py)."""
+    if args.device:
+        os.environ["AMF_DEVICE"] = args.device
     try:
         files = expand(args.paths)
-        ensemble = Ensemble(args.weights or default_weights(), expand_weights=True)
+        ensemble = Ensemble(args.weights or default_weights(), tta=args.tta)
         note = f" (CUDA not used: {ensemble.device_note})" if ensemble.device_note else ""
-        print(f"{len(files)} file(s); {len(ensemble.thresholds)} fold models on {ensemble.provider}{note}",
-              file=sys.stderr)
-        n = predict_files(files, ensemble, args.out, args.batch)
+        print(f"{len(files)} file(s); {len(ensemble.thresholds)} fold models on {ensemble.provider}, tta "
+              f"{ensemble.tta}{note}", file=sys.stderr)
+        n = predict_files(files, ensemble, args.out, args.batch_size)
     except InputError as exc:
-        print(f"input error: {exc}", file=sys.stderr)
-        return 2
+        return fail("input error", exc, EXIT_INPUT)
+    except OutputError as exc:
+        return fail("output error", exc, EXIT_OUTPUT)
     except ModelError as exc:
-        print(f"model error: {exc}", file=sys.stderr)
-        return 4
+        return fail("model error", exc, EXIT_MODEL)
     print(f"wrote {n} rows to {args.out}", file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def fail(kind: str, exc: Exception, code: int) -> int:
+    """One line on stderr, as process.py writes it: the kind of error, then the message (which names the file)."""
+    print(f"{kind}: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+    return code

@@ -6,7 +6,8 @@ Input rules (each page becomes one uint8 [128, 128, 3] RGB patch, in page order)
 - channels: RGB as is; RGBA -> alpha dropped; grayscale -> gray replicated to R, G, B (also gray + alpha
   in a .mha; in a TIFF, which ITK cannot decode correctly, it is an input error); palette TIFFs -> RGB
   through their colour map; CMYK/YCbCr TIFFs -> RGB (libtiff); any other channel count is an input error;
-- depth: 8-bit as is; 16-bit -> round(value / 257) (full range to full range); 16-bit TIFF colour maps ->
+- depth: 8-bit as is; 16-bit -> round(value / 257) (full range to full range; tiled 16-bit gray TIFFs, which ITK
+  decodes through libtiff's 8-bit RGBA reader: value >> 8, within 1 of it); 16-bit TIFF colour maps ->
   value >> 8 (exact whether the map was written as v * 256 or v * 257); floats -> x 255 for a page whose
   values all lie in [0, 1], else clipped to [0, 255] (NaN -> 0); other integer types clipped to [0, 255];
 - size: a page larger than 128 px along an axis is centre-cropped, a smaller one edge-padded (replicating

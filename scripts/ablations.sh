@@ -2,14 +2,14 @@
 # Seed-003 options (and MTL vs single task) as ablations of the from-scratch recipe, on one LODO fold.
 # Each variant trains the same fold for the same epochs and seed; then every fold model is scored on the
 # AMi-Br test split. Resumable: rerun after an interruption (finished variants are skipped).
-#   scripts/ablations.sh [manifest] ; env: FOLD (validation domain), EPOCHS, OUT, PYTHON
+#   scripts/ablations.sh [manifest] ; env: FOLD (validation domain), EPOCHS, OUT, AMF (default .venv/bin/amf)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MANIFEST="${1:-../shared/data/amibr/manifest.csv}"
 FOLD="${FOLD:-midog21-hamamatsu-s360}"
 EPOCHS="${EPOCHS:-4}"
 OUT="${OUT:-runs/ablations-e$EPOCHS}"
-PY="${PYTHON:-.venv/bin/python}"
+AMF="${AMF:-.venv/bin/amf}"
 declare -a NAMES=(mtl st soft-labels focal domain-aware domain-adversarial supcon st-mixup seed003-options)
 declare -A ARGS=(
   [mtl]="" [st]="--single-task" [soft-labels]="--set soft_labels=1.0" [focal]="--set loss=focal"
@@ -19,9 +19,9 @@ declare -A ARGS=(
 )
 for name in "${NAMES[@]}"; do
   # shellcheck disable=SC2086
-  "$PY" -m training.train --manifest "$MANIFEST" --split train --preset scratch --epochs "$EPOCHS" --folds "$FOLD" \
+  "$AMF" train --manifest "$MANIFEST" --split train --preset scratch --epochs "$EPOCHS" --folds "$FOLD" \
       --out "$OUT/$name" --resume ${ARGS[$name]}
 done
 runs=()
 for name in "${NAMES[@]}"; do runs+=("$OUT/$name/val-$FOLD"); done
-"$PY" -m training.evaluate "${runs[@]}" --manifest "$MANIFEST" --split test --no-vote --out "reports/$(basename "$OUT")"
+"$AMF" evaluate "${runs[@]}" --manifest "$MANIFEST" --split test --no-vote --out "reports/$(basename "$OUT")"

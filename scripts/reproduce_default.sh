@@ -4,30 +4,32 @@
 # scores best on its validation domain; then evaluate on the test split, export to weights/, refresh
 # test/output/expected_output.json and score the exported ensemble through the container's code path.
 # SINGLE_TASK=1 runs the same schedule with the decoders off (the ablation) and stops after evaluating it.
-# Resumable: rerun after an interruption.
+# Resumable: rerun after an interruption. Env: ROUNDS, BASE, SINGLE_TASK, AMF (default .venv/bin/amf),
+# PYTHON (for process.py; default .venv/bin/python).
 #   scripts/reproduce_default.sh [path/to/amibr/manifest.csv]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MANIFEST="${1:-../shared/data/amibr/manifest.csv}"
 ROUNDS="${ROUNDS:-2}"
 PY="${PYTHON:-.venv/bin/python}"
+AMF="${AMF:-.venv/bin/amf}"
 MODE=()
 if [[ "${SINGLE_TASK:-0}" == 1 ]]; then MODE=(--single-task); fi
 BASE="${BASE:-runs/amibr-$([[ ${#MODE[@]} -gt 0 ]] && echo st || echo mtl)-e25}"
-"$PY" -m training.train --manifest "$MANIFEST" --split train --preset scratch --epochs 25 --out "$BASE" --resume "${MODE[@]}"
+"$AMF" train --manifest "$MANIFEST" --split train --preset scratch --epochs 25 --out "$BASE" --resume "${MODE[@]}"
 RUN="$BASE"
 for round in $(seq 1 "$ROUNDS"); do
-  "$PY" -m training.train --manifest "$MANIFEST" --split train --preset scratch --epochs 10 --lr 1e-4 \
+  "$AMF" train --manifest "$MANIFEST" --split train --preset scratch --epochs 10 --lr 1e-4 \
     --init "$RUN" --out "$BASE-ft$round" --resume "${MODE[@]}"
-  "$PY" -m training.calibrate "$RUN" "$BASE-ft$round" --manifest "$MANIFEST" --split train --pick "$BASE-pick$round"
+  "$AMF" pick "$RUN" "$BASE-ft$round" --manifest "$MANIFEST" --split train --out "$BASE-pick$round"
   RUN="$BASE-pick$round"
 done
-"$PY" -m training.calibrate "$RUN" --manifest "$MANIFEST" --split train --tta
-"$PY" -m training.evaluate "$RUN" --manifest "$MANIFEST" --split test --out "reports/$(basename "$RUN")"
+"$AMF" calibrate "$RUN" --manifest "$MANIFEST" --split train --tta auto
+"$AMF" evaluate "$RUN" --manifest "$MANIFEST" --split test --out "reports/$(basename "$RUN")"
 if [[ ${#MODE[@]} -gt 0 ]]; then exit 0; fi
-PYTHON="$PY" ./export.sh "$RUN" --out weights --manifest "$MANIFEST" --split test
+"$AMF" export "$RUN" --out weights --manifest "$MANIFEST" --split train
 tmp="$(mktemp -d)"
 "$PY" process.py --input test/input --output "$tmp" --weights weights
 mkdir -p test/output
 cp "$tmp/multiple-mitotic-figure-classification.json" test/output/expected_output.json
-"$PY" bench/score_ensemble.py --manifest "$MANIFEST" --split test --weights weights --out "reports/$(basename "$RUN")-onnx"
+"$AMF" evaluate weights --manifest "$MANIFEST" --split test --out "reports/$(basename "$RUN")-onnx"

@@ -1,5 +1,6 @@
-"""Shared fixtures for the tests (runtime/ and training/) (numpy, SimpleITK, onnx, onnxruntime only; no torch,
-no Pillow): a tiny ONNX ensemble in the export format, GC-layout inputs, and stack writers."""
+"""Shared fixtures for the tests (runtime/ and training/) (numpy, SimpleITK, onnx, onnxruntime only; no torch;
+Pillow only inside :func:`pil_pages`, which skips without it): a tiny ONNX ensemble in the export format,
+GC-layout inputs, and stack writers."""
 
 from __future__ import annotations
 
@@ -22,29 +23,50 @@ GC_SAMPLE = ROOT.parent / "shared" / "data" / "gc-sample" / "stack_5.tiff"  # op
 GC_SAMPLE_2PAGES = HERE / "fixtures" / "gc_sample_2pages.tiff"  # committed: test/fixtures/make_gc_sample_fixture.py
 
 
+CHANNEL_WEIGHTS = (3.0, 2.0, 1.0)  # R, G, B: reversing the channels changes the answer
+
+
+def tiny_weight_map(height: int, width: int) -> np.ndarray:
+    """The tiny model's pixel weights, float64 [height, width, 3], summing to 1: a weight per channel times a
+    ramp rising down the rows (1 -> 4) and a shallower one falling along the columns (2 -> 1), so that swapping
+    channels or any of the 7 other orientations of a page (flips, transposes, rotations) changes its weighted
+    mean (a uniform page keeps its value)."""
+    rows = 1 + 3 * np.arange(height) / max(height - 1, 1)
+    cols = 2 - np.arange(width) / max(width - 1, 1)
+    weights = rows[:, None, None] * cols[None, :, None] * np.asarray(CHANNEL_WEIGHTS)[None, None, :]
+    return weights / weights.sum()
+
+
 def make_tiny_ensemble(folder: Path, offsets=(0.0, 0.2, -0.2, 0.4), tta: str = "none", corner: int | None = None,
                        thresholds=None) -> Path:
     """ONNX model with the shipped interface: uint8 'image' [N,128,128,3] -> 'prob'/'logit' [N,F], where
-    logit = (mean intensity - 128) / 16 + offset per fold (NaN offsets give non-finite outputs). With
-    ``corner`` the mean is over the top-left corner x corner pixels only (not rotation invariant)."""
-    nodes = [helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT)]
+    logit = (weighted mean intensity - 128) / 16 + offset per fold, the weights :func:`tiny_weight_map`'s
+    (channel- and position-sensitive), computed in float64 so that :func:`tiny_model_probs` is its exact twin
+    (NaN offsets give non-finite outputs). With ``corner`` the weighted mean is over the top-left corner x corner
+    pixels only. ``thresholds``: the spec's per-fold thresholds (default 0.5 each)."""
+    size = corner or 128
+    nodes = [helper.make_node("Cast", ["image"], ["x"], to=TensorProto.DOUBLE)]
     inits = [numpy_helper.from_array(np.array([1, 2, 3], np.int64), "axes"),
              numpy_helper.from_array(np.array([1], np.int64), "one"),
-             numpy_helper.from_array(np.array(128.0, np.float32), "centre"),
-             numpy_helper.from_array(np.array(16.0, np.float32), "scale"),
-             numpy_helper.from_array(np.array([offsets], np.float32), "offsets")]
+             numpy_helper.from_array(tiny_weight_map(size, size)[None], "weights"),
+             numpy_helper.from_array(np.array(128.0), "centre"),
+             numpy_helper.from_array(np.array(16.0), "scale"),
+             numpy_helper.from_array(np.array([offsets], np.float64), "offsets")]
     if corner:
         nodes.append(helper.make_node("Slice", ["x", "starts", "ends", "slice_axes"], ["xc"]))
         inits += [numpy_helper.from_array(np.array([0, 0], np.int64), "starts"),
                   numpy_helper.from_array(np.array([corner, corner], np.int64), "ends"),
                   numpy_helper.from_array(np.array([1, 2], np.int64), "slice_axes")]
     nodes += [
-        helper.make_node("ReduceMean", ["xc" if corner else "x", "axes"], ["m"], keepdims=0),
+        helper.make_node("Mul", ["xc" if corner else "x", "weights"], ["xw"]),
+        helper.make_node("ReduceSum", ["xw", "axes"], ["m"], keepdims=0),
         helper.make_node("Unsqueeze", ["m", "one"], ["m1"]),
         helper.make_node("Sub", ["m1", "centre"], ["c"]),
         helper.make_node("Div", ["c", "scale"], ["z"]),
-        helper.make_node("Add", ["z", "offsets"], ["logit"]),
-        helper.make_node("Sigmoid", ["logit"], ["prob"]),
+        helper.make_node("Add", ["z", "offsets"], ["logit64"]),
+        helper.make_node("Sigmoid", ["logit64"], ["prob64"]),
+        helper.make_node("Cast", ["logit64"], ["logit"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["prob64"], ["prob"], to=TensorProto.FLOAT),
     ]
     graph = helper.make_graph(nodes, "tiny",
                               [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 128, 128, 3])],
@@ -65,9 +87,9 @@ def make_tiny_ensemble(folder: Path, offsets=(0.0, 0.2, -0.2, 0.4), tta: str = "
 
 
 def tiny_model_probs(pages: np.ndarray, offsets=(0.0, 0.2, -0.2, 0.4), corner: int | None = None) -> np.ndarray:
-    """What make_tiny_ensemble's model computes, in numpy: float [N, F]."""
+    """What make_tiny_ensemble's model computes, in numpy: float64 [N, F] (float32 in the model's output)."""
     region = pages[:, :corner, :corner] if corner else pages
-    mean = region.reshape(len(pages), -1).mean(axis=1, dtype=np.float64)
+    mean = (region.astype(np.float64) * tiny_weight_map(*region.shape[1:3])[None]).sum(axis=(1, 2, 3))
     return 1 / (1 + np.exp(-((mean[:, None] - 128) / 16 + np.asarray(offsets)[None])))
 
 
@@ -94,40 +116,65 @@ def save_stack(path: Path, pages: np.ndarray | list[np.ndarray]) -> Path:
     return path
 
 
-def write_tiff(path: Path, pages: list[np.ndarray], colormap: np.ndarray | list[np.ndarray] | None = None) -> Path:
-    """A plain uncompressed little-endian TIFF, one strip per page, written byte by byte: pages [H, W]
-    (gray, or palette indices with ``colormap`` uint16 [3, 2 ** bits], or a list of one per page) or
-    [H, W, C] (RGB, RGBA, gray + alpha), 8 or 16 bits; pages may differ. For what SimpleITK cannot write."""
-    out = bytearray(b"II*\x00\x00\x00\x00\x00")
-    link = 4  # where the offset of the next page directory goes
+def write_tiff(path: Path, pages: list[np.ndarray], colormap: np.ndarray | list[np.ndarray] | None = None, *,
+               byteorder: str = "<", bigtiff: bool = False, tile: int | None = None, extra_tags=()) -> Path:
+    """A plain uncompressed TIFF, written byte by byte: pages [H, W] (gray, or palette indices with ``colormap``
+    uint16 [3, 2 ** bits], or a list of one per page) or [H, W, C] (RGB, RGBA, gray + alpha), of any integer or
+    float type (signed and float pages get their SampleFormat); pages may differ. Little-endian (``byteorder=">"``:
+    big-endian), classic TIFF (``bigtiff``: BigTIFF, 64-bit offsets), one strip per page (``tile``: square tiles of
+    that many px, the page zero-padded to whole tiles); ``extra_tags``: (tag, type 3 | 4 | 16, values) added to
+    every page directory. For what SimpleITK cannot write."""
+    e, formats = byteorder, {3: "H", 4: "I", 16: "Q"}
+    count_fmt, offset_fmt, offset_type = ("Q", "Q", 16) if bigtiff else ("H", "I", 4)
+    value_size = struct.calcsize(offset_fmt)
+    out = bytearray(b"II" if e == "<" else b"MM")
+    out += struct.pack(e + "HHHQ", 43, 8, 0, 0) if bigtiff else struct.pack(e + "HI", 42, 0)
+    link = 8 if bigtiff else 4  # where the offset of the next page directory goes
     maps = colormap if isinstance(colormap, list) else [colormap] * len(pages)
     for page, colormap in zip(pages, maps):
-        page = np.ascontiguousarray(page, dtype=page.dtype.newbyteorder("<"))
+        page = np.ascontiguousarray(page, dtype=page.dtype.newbyteorder(e))
         height, width = page.shape[:2]
         samples = 1 if page.ndim == 2 else page.shape[2]
-        strip = len(out)
-        out += page.tobytes() + b"\x00" * (page.nbytes % 2)
+        if tile:
+            rows, cols = -(-height // tile), -(-width // tile)
+            padded = np.zeros((rows * tile, cols * tile, *page.shape[2:]), page.dtype)
+            padded[:height, :width] = page
+            blocks = [padded[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile].tobytes()
+                      for r in range(rows) for c in range(cols)]
+        else:
+            blocks = [page.tobytes()]
+        starts = []
+        for block in blocks:
+            starts.append(len(out))
+            out += block + b"\x00" * (len(block) % 2)
         photometric = 3 if colormap is not None else 1 if samples <= 2 else 2
         entries = [(256, 4, [width]), (257, 4, [height]), (258, 3, [page.itemsize * 8] * samples), (259, 3, [1]),
-                   (262, 3, [photometric]), (273, 4, [strip]), (277, 3, [samples]), (278, 4, [height]),
-                   (279, 4, [page.nbytes]), (284, 3, [1])]
+                   (262, 3, [photometric]), (277, 3, [samples]), (284, 3, [1]), *extra_tags]
+        if tile:
+            entries += [(322, 4, [tile]), (323, 4, [tile]), (324, offset_type, starts),
+                        (325, 4, [len(b) for b in blocks])]
+        else:
+            entries += [(273, offset_type, starts), (278, 4, [height]), (279, 4, [page.nbytes])]
         if samples in (2, 4):
             entries.append((338, 3, [2]))  # ExtraSamples: unassociated alpha
+        if page.dtype.kind in "if":
+            entries.append((339, 3, [2 if page.dtype.kind == "i" else 3] * samples))  # SampleFormat
         if colormap is not None:
             entries.append((320, 3, np.asarray(colormap, np.uint16).ravel().tolist()))
+        entries.sort(key=lambda entry: entry[0])  # TIFF directories list their tags in ascending order
         ifd = len(out)
-        values = ifd + 2 + 12 * len(entries) + 4
-        directory, extra = struct.pack("<H", len(entries)), bytearray()
+        values = ifd + struct.calcsize(count_fmt) + (4 + 2 * value_size) * len(entries) + value_size
+        directory, extra = struct.pack(e + count_fmt, len(entries)), bytearray()
         for tag, typ, items in entries:
-            packed = struct.pack(f"<{len(items)}{'H' if typ == 3 else 'I'}", *items)
-            if len(packed) <= 4:
-                directory += struct.pack("<HHI", tag, typ, len(items)) + packed.ljust(4, b"\x00")
+            packed = struct.pack(f"{e}{len(items)}{formats[typ]}", *items)
+            if len(packed) <= value_size:  # the value itself, left-justified
+                directory += struct.pack(f"{e}HH{offset_fmt}", tag, typ, len(items)) + packed.ljust(value_size, b"\x00")
             else:
-                directory += struct.pack("<HHII", tag, typ, len(items), values + len(extra))
+                directory += struct.pack(f"{e}HH{offset_fmt}{offset_fmt}", tag, typ, len(items), values + len(extra))
                 extra += packed
-        struct.pack_into("<I", out, link, ifd)
+        struct.pack_into(e + offset_fmt, out, link, ifd)
         link = ifd + len(directory)
-        out += directory + b"\x00\x00\x00\x00" + extra
+        out += directory + bytes(value_size) + extra
     path.write_bytes(bytes(out))
     return path
 
@@ -136,6 +183,18 @@ def real_pages(n: int = 4) -> np.ndarray:
     """n real 128x128 RGB patches (the committed AMi-Br fixture, cycled): uint8 [n, 128, 128, 3]."""
     files = sorted((AMIBR_FIXTURE / "patches").glob("*/*.png"))
     return np.stack([sitk.GetArrayFromImage(sitk.ReadImage(str(files[i % len(files)])))[..., :3] for i in range(n)])
+
+
+def pil_pages(path: Path) -> np.ndarray:
+    """Every page of a TIFF as Pillow decodes it (an independent reader; the test is skipped without Pillow):
+    uint8 [N, H, W, 3]."""
+    image_module = pytest.importorskip("PIL.Image")
+    with image_module.open(path) as image:
+        pages = []
+        for i in range(image.n_frames):
+            image.seek(i)
+            pages.append(np.asarray(image.convert("RGB")))
+    return np.stack(pages)
 
 
 @pytest.fixture

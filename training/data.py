@@ -150,6 +150,13 @@ def load_patches(source: str | Path, format: str | ManifestFormat = "amibr", roo
     )
 
 
+def load_split(source: str | Path, format: str | ManifestFormat = "amibr", root: str | Path | None = None,
+               split: str | None = None) -> PatchSet:
+    """:func:`load_patches`, then only the rows of ``split`` when given (the ``amf`` data options)."""
+    data = load_patches(source, format, root)
+    return data.where(split=split) if split else data
+
+
 def _read_manifest(path: Path, fmt: ManifestFormat, root: Path) -> tuple[list[_Row], list[str]]:
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")

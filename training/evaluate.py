@@ -1,86 +1,191 @@
-"""Score fold checkpoints (and their majority vote) on a labelled manifest.
+"""Score fold models and their vote on a labelled manifest: fold checkpoints, or an exported ensemble.
 
-    python -m training.evaluate runs/amibr-mtl --manifest ../shared/data/amibr/manifest.csv --split test \
-        --out reports/amibr-mtl
+    amf evaluate runs/amibr-mtl --manifest ../shared/data/amibr/manifest.csv --split test --out reports/amibr-mtl
+    amf evaluate weights --manifest ../shared/data/amibr/manifest.csv --split test --out reports/shipped
+    amf evaluate weights other/weights --manifest ... --out reports/compare   # A vs B, paired interval
 
-Writes report.json, report.md (balanced accuracy, sensitivity, specificity, AUROC; overall and per
-domain; each fold model and the vote), roc.png and confusion.png.
+A source is an exported ensemble when it holds ``ensemble.json``: it runs through ``runtime.ensemble.Ensemble``,
+the container's own code (onnxruntime, TTA, vote). Any other source is a run folder or fold folder: its
+checkpoints run in PyTorch, with the same TTA (runtime/tta.py) and vote (runtime/vote.py). The checkpoint
+sources together form one ensemble; each exported ensemble is one more. With two or more, they are named A,
+B, ... and each vote after A is compared with A's: the paired bootstrap interval of the BA difference.
+
+Writes report.json, report.md (balanced accuracy, sensitivity, specificity, AUROC; overall and per domain;
+each fold model and the vote), roc.png, confusion.png and report.html (training/report.py: all of it in one
+page, with the most confident errors per domain).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from runtime import tta as test_time
-from runtime.contract import TTA_VIEWS
+from runtime.contract import SPEC_FILE, TTA_VIEWS
+from runtime.errors import ModelError
 from runtime.vote import vote
-from training.checkpoint import find_fold_checkpoints, load_pruned
-from training.data import FORMATS, load_patches
-from training.metrics import bootstrap_note, evaluate_models, markdown_table, write_report
-from training.network import to_input
+from training.data import load_split
+from training.metrics import bootstrap_note, evaluate_models, markdown_table, vote_difference, write_report
+from training.report import write_html
 
 
-@torch.inference_mode()
-def predict(net: torch.nn.Module, images: np.ndarray, batch_size: int = 64, tta: bool = False) -> np.ndarray:
-    """P(atypical) for uint8 [N,H,W,3] patches, fp32 on CPU; ``tta``: the container's D4 test-time
-    augmentation (runtime/tta.py), the mean over the 8 views."""
-    mode = "d4" if tta else "none"
-    step = max(1, batch_size // TTA_VIEWS[mode])
+@dataclass
+class Scored:
+    """One ensemble's fold models and their vote on the same patches."""
+
+    source: str  # the folder(s) it came from
+    short: str  # their names, for titles
+    kind: str  # what ran it, for the report
+    folds: list[str]
+    probs: np.ndarray  # float [N, F], P(atypical) of each fold model
+    thresholds: np.ndarray  # float [F]
+    atypical: np.ndarray  # bool [N], the vote (runtime/vote.py)
+    confidence: np.ndarray  # float [N], the ensemble's P(atypical)
+    tta: str
+    key: str = ""  # A, B, ... when several ensembles are compared
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def vote_name(self) -> str:
+        return self._prefixed(f"vote ({len(self.folds)} folds)")
+
+    def _prefixed(self, name: str) -> str:
+        return f"{self.key}: {name}" if self.key else name
+
+    def results(self, with_vote: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """name -> (probability, predicted class): each fold model at its threshold, then the vote (when
+        ``with_vote`` and there is more than one fold)."""
+        out = {self._prefixed(f): (self.probs[:, i], self.probs[:, i] >= self.thresholds[i])
+               for i, f in enumerate(self.folds)}
+        if with_vote and len(self.folds) > 1:
+            out[self.vote_name] = (self.confidence, self.atypical)
+        return out
+
+
+def is_exported(source: str | Path) -> bool:
+    return (Path(source) / SPEC_FILE).is_file()
+
+
+def predict(net, images: np.ndarray, batch_size: int = 64, tta: str = "none", device: str = "cpu") -> np.ndarray:
+    """P(atypical) of a PyTorch network for uint8 [N,H,W,3] patches, fp32; ``tta``: the container's test-time
+    augmentation mode (runtime/tta.py; d4: the mean over the 8 views); ``device``: auto | cpu | cuda."""
+    import torch
+
+    from training.network import to_input
+
+    step = max(1, batch_size // TTA_VIEWS[tta])
+    target = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
+    net = net.to(target)
     probs = []
-    for start in range(0, len(images), step):
-        chunk = images[start:start + step]
-        views = torch.from_numpy(test_time.views(chunk, mode))
-        probs.append(test_time.mean_over_views(torch.sigmoid(net(to_input(views))).numpy(), len(chunk)))
+    with torch.inference_mode():
+        for start in range(0, len(images), step):
+            chunk = images[start:start + step]
+            views = torch.from_numpy(test_time.views(chunk, tta)).to(target)
+            probs.append(test_time.mean_over_views(torch.sigmoid(net(to_input(views))).cpu().numpy(), len(chunk)))
     return np.concatenate(probs)
 
 
-def evaluate_run(runs: list[str | Path], images: np.ndarray, tta: bool = False,
-                 vote_folds: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per fold model and the vote: name -> (probability, predicted class). Fold models are named by their
+def score_checkpoints(runs: list[str | Path], images: np.ndarray, tta: str = "none", batch_size: int = 64,
+                      device: str = "cpu") -> Scored:
+    """The fold checkpoints of run folders (or fold folders) as one ensemble. Fold models are named by their
     folder, or ``run/fold`` where folders of several runs share a name."""
+    from training.checkpoint import find_fold_checkpoints, load_pruned
+
     folders = [f for r in runs for f in find_fold_checkpoints(r)]
     clash = len({f.name for f in folders}) < len(folders)
-    results, columns, thresholds = {}, [], []
+    names, columns, thresholds = [], [], []
     for folder in folders:
         net, config = load_pruned(folder)
-        p = predict(net, images, tta=tta)
-        t = float(config.get("threshold", 0.5))
-        results[f"{folder.parent.name}/{folder.name}" if clash else folder.name] = (p, p >= t)
-        columns.append(p)
-        thresholds.append(t)
-    if vote_folds and len(columns) > 1:
-        pred, conf = vote(np.stack(columns, 1), thresholds)
-        results[f"vote ({len(columns)} folds)"] = (conf, pred)
-    return results
+        columns.append(predict(net, images, batch_size, tta, device))
+        thresholds.append(float(config.get("threshold", 0.5)))
+        names.append(f"{folder.parent.name}/{folder.name}" if clash else folder.name)
+    probs = np.stack(columns, 1)
+    atypical, confidence = vote(probs, thresholds)
+    return Scored(", ".join(str(r) for r in runs), ", ".join(Path(r).name for r in runs),
+                  "fold checkpoints (PyTorch, fp32)", names, probs,
+                  np.asarray(thresholds), atypical, confidence, tta)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", help="run folder(s) with fold checkpoints, or fold folders")
-    p.add_argument("--manifest", required=True)
-    p.add_argument("--format", default="amibr", choices=[*FORMATS, "folders"])
-    p.add_argument("--split", help="evaluate only this split (e.g. test)")
-    p.add_argument("--tta", action="store_true", help="average over the 8 rotations/flips")
-    p.add_argument("--no-vote", action="store_true", help="score the models one by one only (e.g. ablation variants)")
-    p.add_argument("--bootstrap", type=int, default=2000,
-                   help="resamples for 95 %% intervals of BA, over slides where the manifest names them (0: off)")
-    p.add_argument("--out", required=True)
-    args = p.parse_args(argv)
-    data = load_patches(args.manifest, args.format)
-    if args.split:
-        data = data.where(split=args.split)
-    results = evaluate_run(args.runs, data.images, tta=args.tta, vote_folds=not args.no_vote)
+def score_exported(folder: str | Path, images: np.ndarray, tta: str | None = None) -> Scored:
+    """An exported ensemble exactly as the container runs it (runtime.ensemble.Ensemble); ``tta`` overrides
+    the spec's."""
+    from runtime.ensemble import Ensemble
+
+    ensemble = Ensemble(folder, tta=tta)
+    start = time.perf_counter()
+    pred = ensemble.predict(images)
+    seconds = time.perf_counter() - start
+    print(f"{folder}: {len(images)} patches, {ensemble.provider}, {seconds:.1f} s "
+          f"({len(images) / max(seconds, 1e-9):.1f} patches/s)")
+    quant = (json.loads(ensemble.spec.path.read_text()).get("provenance") or {}).get("quantization") or {}
+    kind = "exported ensemble (onnxruntime" + (f", int8 {quant['mode']}" if "mode" in quant else "") + ")"
+    return Scored(str(folder), Path(folder).name, kind, list(ensemble.spec.fold_names), pred.fold_probs,
+                  np.asarray(ensemble.thresholds, float), pred.atypical, pred.confidence, ensemble.tta,
+                  extra={"provider": ensemble.provider})
+
+
+def score_sources(sources: list[str | Path], images: np.ndarray, tta: str | None = None, batch_size: int = 64,
+                  device: str = "auto") -> list[Scored]:
+    """Each exported ensemble, and all checkpoint sources together, in the order given; named A, B, ... when
+    there are several. ``tta`` None: the spec's mode for an exported ensemble, none for checkpoints."""
+    for s in sources:
+        if not Path(s).is_dir():
+            raise ModelError(f"{s}: not a folder (a run folder, a fold folder or an exported ensemble)")
+    runs = [s for s in sources if not is_exported(s)]
+    scored = []
+    for s in sources:
+        if is_exported(s):
+            scored.append(score_exported(s, images, tta))
+        elif s == runs[0]:
+            try:
+                scored.append(score_checkpoints(runs, images, tta or "none", batch_size, device))
+            except FileNotFoundError as exc:
+                raise ModelError(f"{exc}; nor is there an exported ensemble ({SPEC_FILE})") from None
+    if len(scored) > 1:
+        for key, one in zip("ABCDEFGHIJKLMNOPQRSTUVWXYZ", scored):
+            one.key = key
+    return scored
+
+
+def evaluate_run(runs: list[str | Path], images: np.ndarray, tta: str = "none", vote_folds: bool = True,
+                 batch_size: int = 64, device: str = "cpu") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Fold checkpoints as one ensemble: per fold model and the vote, name -> (probability, predicted class)."""
+    return score_checkpoints(runs, images, tta, batch_size, device).results(vote_folds)
+
+
+def run(args: argparse.Namespace) -> None:
+    """``amf evaluate`` (arguments: cli/main.py)."""
+    import os
+
+    if args.device in ("cpu", "cuda"):  # the exported ensembles' device (runtime/device.py), as amf predict
+        os.environ["AMF_DEVICE"] = args.device
+    data = load_split(args.manifest, args.format, args.root, args.split)
+    scored = score_sources(args.runs, data.images, args.tta, args.batch_size, args.device)
+    results = {name: r for one in scored for name, r in one.results(not args.no_vote).items()}
     table = evaluate_models(data.labels, data.domains, results, data.slides, args.bootstrap)
-    title = f"{', '.join(Path(r).name for r in args.runs)} on {Path(args.manifest).name}"
+    title = f"{' vs '.join(one.short for one in scored)} on {Path(args.manifest).name}"
     title += f" ({args.split})" if args.split else ""
     note = bootstrap_note(data.slides, args.bootstrap)
-    write_report(table, data.labels, results, args.out, title, note)
+    comparison = {}
+    if not args.no_vote and len(scored) > 1:
+        a = scored[0]
+        for b in scored[1:]:
+            comparison[f"vote {a.key} - vote {b.key}"] = vote_difference(
+                data.labels, data.domains, a.atypical, b.atypical, data.slides, args.bootstrap or 2000)
+    sources = [{"key": s.key, "source": s.source, "kind": s.kind, "folds": s.folds,
+                "thresholds": [float(t) for t in s.thresholds], "tta": s.tta, **s.extra} for s in scored]
+    write_report(table, data.labels, results, args.out, title, note, sources, comparison)
+    galleries = [] if args.no_vote else scored
+    write_html(Path(args.out) / "report.html", title, note, table, sources, comparison, data, galleries,
+               args.gallery)
     print(markdown_table(table), note, sep="\n")
-
-
-if __name__ == "__main__":
-    main()
+    if comparison:
+        print("", "paired difference of the votes' balanced accuracy (95 % bootstrap interval):",
+              *(f"  {k}: " + ", ".join(f"{c} {v['difference']:+.4f} ({v['ci'][0]:+.3f} to {v['ci'][1]:+.3f})"
+                                       for c, v in row.items()) for k, row in comparison.items()), sep="\n")
+    print(f"report: {Path(args.out) / 'report.html'}")

@@ -1,12 +1,16 @@
-"""Export trained fold checkpoints as one compact ONNX ensemble for the container.
+"""Export trained fold checkpoints as one compact int8 ONNX ensemble for the container.
 
-    ./export.sh runs/amibr-mtl --out weights [--manifest ../shared/data/amibr/manifest.csv --split test]
+    amf export runs/amibr-mtl --out weights --manifest ../shared/data/amibr/manifest.csv
 
-Steps: fold checkpoints -> pruned networks (encoder + classifier) -> one graph on a shared uint8 NHWC
-input (scaling and normalisation inside) with outputs ``prob`` and ``logit`` [N, F] -> Conv/Gemm/MatMul
-weights stored as int8 with one scale per output channel (DequantizeLinear; standard ONNX that the CPU
-and CUDA providers run) -> parity against PyTorch on random and real patches -> the ensemble spec
-``ensemble.json``. What is written, and how the runtime reads it: runtime/contract.py.
+Steps: fold checkpoints -> pruned networks (encoder + classifier) -> one float graph on a shared uint8 NHWC
+input (scaling and normalisation inside) with outputs ``prob`` and ``logit`` [N, F] -> int8 (training/quantize.py:
+static by default, calibrated on a fixed, seeded sample of the manifest's training split) -> the accuracy guard
+(per fold, int8 vs float balanced accuracy on its own validation part of that split) and parity (logits vs
+the float model) -> the ensemble spec ``ensemble.json``. What is written, and how the runtime reads it:
+runtime/contract.py.
+
+A source that is an exported ensemble (a folder with ``ensemble.json``) is re-quantised from its own graph, its
+int8 weights expanded to float first: for when the fold checkpoints are not at hand.
 """
 
 from __future__ import annotations
@@ -20,9 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
-from onnx import helper, numpy_helper
 from torch import nn
 
 from runtime.contract import (
@@ -32,15 +34,22 @@ from runtime.contract import (
     PATCH_SIZE,
     PROB_OUTPUT,
     SPEC_FILE,
-    TTA_MODES,
     make_spec,
 )
 from training.checkpoint import find_fold_checkpoints, load_pruned
-from training.data import FORMATS, load_patches
+from training.data import PatchSet, load_split
 from training.network import to_input
+from training.quantize import (
+    accuracy_guard,
+    calibration_sample,
+    expand_weights,
+    fold_probabilities,
+    quantize,
+    validation_ba,
+)
 
 OPSET = 18
-QUANTIZED_OPS = {"Conv": 1, "Gemm": 1, "MatMul": 1}  # op -> index of its weight input
+CALIBRATION_PATCHES, CALIBRATION_METHOD, CALIBRATION_SEED = 256, "minmax", 0  # chosen on validation: README
 
 
 class EnsembleGraph(nn.Module):
@@ -56,6 +65,10 @@ class EnsembleGraph(nn.Module):
         return torch.sigmoid(logit), logit
 
 
+class GuardError(RuntimeError):
+    """The int8 graph loses more validation accuracy than the guard allows."""
+
+
 def export_onnx(graph: EnsembleGraph, path: Path) -> None:
     example = torch.zeros(2, PATCH_SIZE, PATCH_SIZE, 3, dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -65,82 +78,14 @@ def export_onnx(graph: EnsembleGraph, path: Path) -> None:
     program.save(str(path))
 
 
-def quantize_weights(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Weight-only int8: each float weight of Conv/Gemm/MatMul becomes int8 + per-output-channel scale."""
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    new_nodes = []
-    for name, tensor in list(inits.items()):
-        users = consumers.get(name, [])
-        if not users or any(list(u.input).index(name) != QUANTIZED_OPS.get(u.op_type) for u in users):
-            continue  # only tensors used solely as the weight input of Conv/Gemm/MatMul
-        w = numpy_helper.to_array(tensor)
-        if w.dtype != np.float32 or w.ndim < 2:
-            continue
-        axis = _output_axis(users[0], w.ndim)
-        reduce = tuple(i for i in range(w.ndim) if i != axis)
-        scale = np.abs(w).max(axis=reduce) / 127.0
-        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-        shape = [1] * w.ndim
-        shape[axis] = -1
-        q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
-        graph.initializer.remove(tensor)
-        graph.initializer.extend([
-            numpy_helper.from_array(q, f"{name}_q"),
-            numpy_helper.from_array(scale, f"{name}_scale"),
-            numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), f"{name}_zero"),
-        ])
-        new_nodes.append(helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_scale", f"{name}_zero"],
-                                          [name], name=f"{name}_dequantize", axis=axis))
-    nodes = new_nodes + list(graph.node)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    onnx.checker.check_model(model)
-    return model
-
-
-def _output_axis(node: onnx.NodeProto, ndim: int) -> int:
-    if node.op_type == "Gemm":
-        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        return 0 if trans_b else 1
-    if node.op_type == "MatMul":
-        return ndim - 1
-    return 0  # Conv: [out, in, kh, kw]
-
-
-def parity(graph: EnsembleGraph, model_path: Path, batches: dict[str, np.ndarray]) -> dict[str, dict]:
-    """max |delta logit| and class agreement (at 0.5) between PyTorch fp32 and onnxruntime on CPU."""
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    report = {}
-    for name, images in batches.items():
-        with torch.inference_mode():
-            ref = graph(torch.from_numpy(images))[1].numpy()
-        got = session.run([LOGIT_OUTPUT], {INPUT_NAME: images})[0]
-        report[name] = {"patches": int(len(images)), "max_abs_logit_delta": float(np.abs(ref - got).max()),
-                        "class_agreement": float(((ref >= 0) == (got >= 0)).mean())}
-    return report
-
-
-def parity_batches(manifest: str | None, fmt: str, split: str | None, n: int = 64) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    batches = {"random": rng.integers(0, 256, (16, PATCH_SIZE, PATCH_SIZE, 3), dtype=np.uint8)}
-    if manifest:
-        data = load_patches(manifest, fmt)
-        if split:
-            data = data.where(split=split)
-        batches["real"] = data.images[np.sort(rng.choice(len(data), min(n, len(data)), replace=False))]
-    return batches
-
-
-def export_ensemble(run_or_folds: list[str | Path], out: str | Path, *, tta: str = "none",
-                    manifest: str | None = None, fmt: str = "amibr", split: str | None = None) -> dict:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    folders = [f for r in run_or_folds for f in find_fold_checkpoints(r)]
+def float_graph(sources: list[str | Path]) -> tuple[onnx.ModelProto, list[dict], list[str]]:
+    """(float graph, fold entries of the spec, source folders): from fold checkpoints, or from one exported
+    ensemble with its weights expanded."""
+    if len(sources) == 1 and (Path(sources[0]) / SPEC_FILE).is_file():
+        spec = json.loads((Path(sources[0]) / SPEC_FILE).read_text())
+        model = expand_weights(onnx.load(str(Path(sources[0]) / spec["model_file"])))
+        return model, spec["folds"], [str(Path(sources[0]) / spec["model_file"])]
+    folders = [f for r in sources for f in find_fold_checkpoints(r)]
     nets, folds = [], []
     for folder in folders:
         net, config = load_pruned(folder)
@@ -148,23 +93,55 @@ def export_ensemble(run_or_folds: list[str | Path], out: str | Path, *, tta: str
         folds.append({"name": folder.name, "threshold": float(config.get("threshold", 0.5)),
                       "network": config["network"], "fold": config.get("fold"),
                       "selected_epoch": config.get("selected_epoch"), "selected_on": config.get("selected_on"),
-                      "selected_score": config.get("selected_score")})
-    graph = EnsembleGraph(nets).eval()
+                      "selected_score": config.get("selected_score"),
+                      "selected_weights": config.get("selected_weights", "raw")})
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = Path(tmp) / "fp32.onnx"
-        export_onnx(graph, fp32)
-        model = quantize_weights(onnx.load(str(fp32)))
+        path = Path(tmp) / "float.onnx"
+        export_onnx(EnsembleGraph(nets).eval(), path)
+        return onnx.load(str(path)), folds, [str(f) for f in folders]
+
+
+def parity(reference: np.ndarray, got: np.ndarray) -> dict:
+    """max |delta P(atypical)| and class agreement (at 0.5) of two [N, F] probability arrays."""
+    return {"patches": int(len(got)), "max_abs_prob_delta": float(np.abs(reference - got).max()),
+            "class_agreement": float(((reference >= 0.5) == (got >= 0.5)).mean())}
+
+
+def export_ensemble(sources: list[str | Path], out: str | Path, data: PatchSet, *, tta: str = "none",
+                    mode: str = "static", method: str = CALIBRATION_METHOD, patches: int = CALIBRATION_PATCHES,
+                    seed: int = CALIBRATION_SEED, enforce_guard: bool = True) -> dict:
+    """Write ``<out>/ensemble.onnx`` + ``ensemble.json``. ``data``: labelled training patches, which calibrate
+    (static mode) and hold each fold's validation part for the accuracy guard."""
+    out = Path(out)
+    reference, folds, sources_used = float_graph(sources)
+    sample = calibration_sample(data.images, patches, seed)
+    model = quantize(onnx.ModelProto.FromString(reference.SerializeToString()), mode, sample, method)
+    float_probs, int8_probs = fold_probabilities(reference, data.images), fold_probabilities(model, data.images)
+    guard = accuracy_guard(validation_ba(float_probs, data, folds), validation_ba(int8_probs, data, folds))
+    if enforce_guard and not guard["holds"]:
+        raise GuardError(f"int8 vs float validation BA outside the guard: {guard_table(folds, guard)}")
+    random = np.random.default_rng(0).integers(0, 256, (16, PATCH_SIZE, PATCH_SIZE, 3), dtype=np.uint8)
+    checks = {"random": parity(fold_probabilities(reference, random), fold_probabilities(model, random)),
+              "real": parity(float_probs, int8_probs)}
+    out.mkdir(parents=True, exist_ok=True)
     model_path = out / MODEL_FILE
     onnx.save(model, str(model_path))
-    checks = parity(graph, model_path, parity_batches(manifest, fmt, split))
     spec = make_spec(folds, tta, provenance={
-        "sources": [str(f) for f in folders], "git_commit": _git_commit(),
-        "model_sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
-        "model_bytes": model_path.stat().st_size, "weights": "int8 per-output-channel (DequantizeLinear)",
-        "parity_vs_pytorch_fp32": checks,
+        "sources": sources_used, "git_commit": _git_commit(),
+        "model_sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(), "model_bytes": model_path.stat().st_size,
+        "quantization": {"mode": mode, **({"method": method, "calibration_patches": int(len(sample)),
+                                           "calibration_seed": seed} if mode == "static" else {}),
+                         "data": f"{len(data)} labelled patches (calibration sample and validation parts)"},
+        "accuracy_guard": guard, "parity_vs_float": checks,
     })
     (out / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
     return spec
+
+
+def guard_table(folds: list[dict], guard: dict) -> str:
+    rows = [f"{f['name']}: {r if r is None else round(r, 4)} -> {q if q is None else round(q, 4)}"
+            for f, r, q in zip(folds, guard["float_ba"], guard["int8_ba"])]
+    return "; ".join(rows) + f"; mean delta {guard['mean_delta']:+.4f} ({'holds' if guard['holds'] else 'fails'})"
 
 
 def _git_commit() -> str | None:
@@ -174,22 +151,15 @@ def _git_commit() -> str | None:
         return None
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", help="run folder(s) with fold checkpoints, or fold folders")
-    p.add_argument("--out", default="weights")
-    p.add_argument("--tta", default="none", choices=TTA_MODES, help="test-time augmentation in the container")
-    p.add_argument("--manifest", help="labelled manifest for the real-patch parity check")
-    p.add_argument("--format", default="amibr", choices=list(FORMATS))
-    p.add_argument("--split", help="manifest split for the parity patches (e.g. test)")
-    args = p.parse_args(argv)
-    doc = export_ensemble(args.runs, args.out, tta=args.tta, manifest=args.manifest, fmt=args.format, split=args.split)
+def run(args: argparse.Namespace) -> None:
+    """``amf export`` (arguments and their defaults: cli/main.py)."""
+    data = load_split(args.manifest, args.format, args.root, args.split)
+    doc = export_ensemble(args.runs, args.out, data, tta=args.tta, mode=args.quantize, method=args.calibration,
+                          patches=args.calibration_patches, enforce_guard=not args.no_guard)
     prov = doc["provenance"]
-    print(f"wrote {Path(args.out) / MODEL_FILE}: {len(doc['folds'])} fold models, {prov['model_bytes'] / 1e6:.1f} MB")
-    for name, c in prov["parity_vs_pytorch_fp32"].items():
-        print(f"parity {name}: {c['patches']} patches, max |dlogit| = {c['max_abs_logit_delta']:.4g}, "
+    print(f"wrote {Path(args.out) / MODEL_FILE}: {len(doc['folds'])} fold models, {prov['model_bytes'] / 1e6:.1f} MB, "
+          f"{args.quantize} int8")
+    print(f"accuracy guard: {guard_table(doc['folds'], prov['accuracy_guard'])}")
+    for name, c in prov["parity_vs_float"].items():
+        print(f"parity {name}: {c['patches']} patches, max |dP| = {c['max_abs_prob_delta']:.4g}, "
               f"class agreement = {c['class_agreement']:.4f}")
-
-
-if __name__ == "__main__":
-    main()

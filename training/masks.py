@@ -7,7 +7,7 @@ one within reach, else a small disc at the centre; an oversized selection is re-
 Results are cached on disk, keyed by the generator's version and the image bytes.
 Masks made elsewhere (e.g. NuClick) are read with :func:`load_masks`: one PNG per patch, nonzero = figure.
 
-    python -m training.masks --manifest ../shared/data/amibr/manifest.csv --out docs/masks.png
+    amf masks --manifest ../shared/data/amibr/manifest.csv --out docs/masks.png
 
 draws the README's sample of generated masks: per domain one row of atypical then normal patches.
 """
@@ -26,7 +26,7 @@ from skimage.color import rgb2hed
 from skimage.filters import gaussian, threshold_otsu
 from skimage.morphology import disk, opening, remove_small_holes, remove_small_objects
 
-from training.data import load_patches
+from training.data import load_split
 
 GENERATOR_VERSION = "hed-otsu-centre-v2"
 TOUCH_RADIUS = 10  # px: components reaching this close to the centre belong to the figure
@@ -118,11 +118,9 @@ def save_mask_grid(images: np.ndarray, masks: np.ndarray, labels: np.ndarray, ou
 
 
 def sample_grid(manifest: str | Path, out: str | Path, per_class: int = 5, split: str | None = "train",
-                seed: int = 0) -> None:
+                seed: int = 0, format: str = "amibr", root: str | Path | None = None) -> None:
     """Per domain, ``per_class`` random atypical then normal patches with their generated masks, as a PNG grid."""
-    data = load_patches(manifest)
-    if split:
-        data = data.where(split=split)
+    data = load_split(manifest, format, root, split)
     rng = np.random.default_rng(seed)
     picked = [rng.choice(np.flatnonzero((data.domains == d) & (data.labels == y)), per_class, replace=False)
               for d in sorted(set(data.domains)) for y in (1, 0)]
@@ -130,17 +128,7 @@ def sample_grid(manifest: str | Path, out: str | Path, per_class: int = 5, split
     save_mask_grid(sample.images, generate_masks(sample.images), sample.labels, out, columns=2 * per_class)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--manifest", required=True, help="AMi-Br-style manifest (file, label, domain, split)")
-    p.add_argument("--out", required=True, help="PNG to write")
-    p.add_argument("--split", default="train", help="draw from this split (default train)")
-    p.add_argument("--per-class", type=int, default=5, help="patches per class and domain")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    sample_grid(args.manifest, args.out, args.per_class, args.split, args.seed)
+def run(args: argparse.Namespace) -> None:
+    """``amf masks`` (arguments: cli/main.py)."""
+    sample_grid(args.manifest, args.out, args.per_class, args.split, args.seed, args.format, args.root)
     print(f"wrote {args.out}")
-
-
-if __name__ == "__main__":
-    main()

@@ -66,6 +66,32 @@ def bootstrap_ba_difference(labels: np.ndarray, pred_a: np.ndarray, pred_b: np.n
     return _interval(a - b, level)
 
 
+def vote_difference(labels: np.ndarray, domains: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray,
+                    groups: np.ndarray | None = None, n: int = 2000) -> dict:
+    """BA(a) - BA(b), overall and per domain, with its paired 95 % bootstrap interval (both scored on the same
+    resamples of ``groups``): {"all" | domain: {"difference": d, "ci": [lo, hi]}}."""
+    labels = np.asarray(labels).astype(bool)
+    out = {}
+    for d in ["all", *sorted(set(domains))]:
+        keep = np.ones(len(labels), bool) if d == "all" else domains == d
+        y, a, b = labels[keep], np.asarray(pred_a)[keep], np.asarray(pred_b)[keep]
+        both = 0 < y.sum() < len(y)
+        diff = balanced_accuracy_score(y, a) - balanced_accuracy_score(y, b) if both else float("nan")
+        lo, hi = bootstrap_ba_difference(y, a, b, None if groups is None else groups[keep], n)
+        out[str(d)] = {"difference": float(diff), "ci": [lo, hi]}
+    return out
+
+
+def difference_markdown(comparison: dict) -> str:
+    """The rows of :func:`vote_difference` (label -> its result) as one Markdown table."""
+    columns = list(next(iter(comparison.values())))
+    lines = [f"| paired difference | {' | '.join(columns)} |", "|---" * (len(columns) + 1) + "|"]
+    for name, row in comparison.items():
+        lines.append(f"| {name} | " + " | ".join(f"{row[c]['difference']:+.4f} ({row[c]['ci'][0]:+.3f} to "
+                                                 f"{row[c]['ci'][1]:+.3f})" for c in columns) + " |")
+    return "\n".join(lines)
+
+
 def evaluate_models(labels: np.ndarray, domains: np.ndarray, results: dict[str, tuple[np.ndarray, np.ndarray]],
                     groups: np.ndarray | None = None, bootstrap: int = 0) -> dict:
     """results: model name -> (probability, predicted class). Returns {model: {"all" | domain: metrics}};
@@ -102,8 +128,10 @@ def bootstrap_note(groups: np.ndarray | None, n: int) -> str:
 
 
 def write_report(table: dict, labels: np.ndarray, results: dict[str, tuple[np.ndarray, np.ndarray]], out: str | Path,
-                 title: str, note: str = "") -> None:
-    """report.json, report.md (BA, sensitivity, specificity, AUROC tables), roc.png, confusion.png."""
+                 title: str, note: str = "", sources: list[dict] | None = None, comparison: dict | None = None) -> None:
+    """report.json, report.md (BA, sensitivity, specificity, AUROC tables; ``comparison``: the paired
+    differences of :func:`vote_difference`, label -> result), roc.png, confusion.png. ``sources``: what was
+    scored (free-form dicts, kept in report.json; listed in report.md by key, source and kind)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -111,8 +139,15 @@ def write_report(table: dict, labels: np.ndarray, results: dict[str, tuple[np.nd
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps({"title": title, "note": note, "models": table}, indent=2) + "\n")
-    md = [f"# {title}", "", *([note, ""] if note else [])]
+    doc = {"title": title, "note": note, "sources": sources or [], "models": table, "comparison": comparison or {}}
+    (out / "report.json").write_text(json.dumps(doc, indent=2) + "\n")
+    md = [f"# {title}", ""]
+    md += [f"- {s['key'] + ': ' if s.get('key') else ''}`{s['source']}`: {s['kind']}, TTA {s['tta']}"
+           for s in sources or []] + ([""] if sources else [])
+    md += [note, ""] if note else []
+    if comparison:
+        md += ["## paired difference of the votes' balanced accuracy (95 % bootstrap interval)", "",
+               difference_markdown(comparison), ""]
     for metric in ("balanced_accuracy", "sensitivity", "specificity", "auroc"):
         md += [f"## {metric.replace('_', ' ')}", "", markdown_table(table, metric), ""]
     (out / "report.md").write_text("\n".join(md))
@@ -128,16 +163,20 @@ def write_report(table: dict, labels: np.ndarray, results: dict[str, tuple[np.nd
     fig.savefig(out / "roc.png", dpi=120)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, len(results), figsize=(2.6 * len(results), 2.8), squeeze=False)
-    for ax, (name, _) in zip(axes[0], results.items()):
+    cols = min(len(results), 3)
+    rows = -(-len(results) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows), squeeze=False)
+    for ax in axes.flat[len(results):]:
+        ax.axis("off")
+    for ax, (name, _) in zip(axes.flat, results.items()):
         c = table[name]["all"]["confusion"]
         cm = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])
         ax.imshow(cm, cmap="Blues")
         for (i, j), v in np.ndenumerate(cm):
-            ax.text(j, i, str(v), ha="center", va="center", color="black")
+            ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
         ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["normal", "atypical"], yticklabels=["normal", "atypical"],
-               xlabel="predicted", ylabel="true", title=name[:28])
-        ax.title.set_fontsize(7)
+               xlabel="predicted", ylabel="true", title=name[:32])
+        ax.title.set_fontsize(8)
     fig.tight_layout()
     fig.savefig(out / "confusion.png", dpi=120)
     plt.close(fig)

@@ -1,8 +1,9 @@
 """Training recipes: the seed-001 preset, our from-scratch default, and the competing methods of seeds 002
-and 003 as presets. Any field can be overridden (``python -m training.train --set key=value``).
+and 003 as presets. Any field can be overridden (``amf train --set key=value``).
 
 A recipe is checked when it is built: an unknown loss, schedule, sampling, selection, cross-validation,
-network kind or fine-tuning name fails at once, before any data is loaded, listing the valid names.
+weight averaging, network kind or fine-tuning name fails at once, before any data is loaded, listing the
+valid names.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from training.augment import AugmentConfig
 from training.folds import CV_SCHEMES
 from training.network import NetworkConfig
-from training.sampling import SAMPLING
 
 LOSSES = ("bce", "focal")
 SCHEDULES = ("constant", "cosine", "plateau")
+SAMPLING = ("shuffle", "balanced", "domain-aware")  # how training batches are drawn: training/sampling.py
 SELECTIONS = {"val_loss": ("val/loss", "min"), "val_ba": ("val/ba", "max")}  # name -> (logged metric, better)
+WEIGHT_AVERAGING = ("none", "ema")
 
 
 @dataclass
@@ -44,6 +46,10 @@ class Recipe:
     supcon_weight: float = 0.0  # supervised contrastive loss on the embedding; 0 = off
     supcon_temperature: float = 0.1
     domain_adversarial: float = 0.0  # weight of the gradient-reversal domain head's loss; 0 = off
+    # none | ema: an exponential moving average of the weights, validated beside the raw ones; selection picks
+    # the better of the two each epoch
+    weight_averaging: str = "none"
+    ema_decay: float = 0.999  # horizon ~1/(1-decay) steps; one LODO fold epoch is ~90 steps of batch 24
     seed: int = 0
     network: NetworkConfig = field(default_factory=NetworkConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -51,9 +57,16 @@ class Recipe:
     def __post_init__(self) -> None:
         for name, value, valid in (("loss", self.loss, LOSSES), ("schedule", self.schedule, SCHEDULES),
                                    ("sampling", self.sampling, SAMPLING), ("select", self.select, tuple(SELECTIONS)),
-                                   ("cv", self.cv, CV_SCHEMES)):
+                                   ("cv", self.cv, CV_SCHEMES),
+                                   ("weight_averaging", self.weight_averaging, WEIGHT_AVERAGING)):
             if value not in valid:
                 raise ValueError(f"unknown {name} {value!r} (one of {', '.join(valid)})")
+
+    def selection(self) -> tuple[str, str]:
+        """The logged metric that checkpoint selection, early stopping and the plateau schedule watch, and its
+        better direction: with weight averaging, ``select/score`` (the better of raw and averaged weights)."""
+        metric, mode = SELECTIONS[self.select]
+        return ("select/score" if self.weight_averaging != "none" else metric), mode
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
 from training.data import PatchSet
-
-if TYPE_CHECKING:
-    from training.recipe import Recipe
-
-SAMPLING = ("shuffle", "balanced", "domain-aware")
+from training.recipe import Recipe
 
 
 class DomainAwareSampler(torch.utils.data.Sampler[int]):

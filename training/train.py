@@ -1,12 +1,13 @@
 """Cross-validated training of any recipe (Lightning): seed 001's multi-task network by default.
 
-    python -m training.train --manifest ../shared/data/amibr/manifest.csv --split train \
-        --preset seed001 --out runs/amibr-seed001
+    amf train --manifest ../shared/data/amibr/manifest.csv --split train --preset seed001 --out runs/amibr-seed001
 
 Folds: leave one domain out (``cv=lodo``; validation = that domain) or slide-grouped stratified k-fold
 (``cv=slide-kfold``). Each fold writes ``<out>/<fold>/``: Lightning checkpoints every epoch
 (``ckpt/last.ckpt``, ``ckpt/best.ckpt``), ``metrics.csv`` (per-epoch losses, BA, AUROC, patches/s), and,
-when the fold finishes, ``model.safetensors`` + ``config.json`` (see checkpoint.py; LoRA merged).
+when the fold finishes, ``model.safetensors`` + ``config.json`` (see checkpoint.py; LoRA merged). With
+``--set weight_averaging=ema`` the averaged weights are validated too (``val_avg/*``) and selection picks
+the better of raw and averaged each epoch (``select/score``, ``select/ema``; ``selected_weights`` in config.json).
 ``--resume`` skips finished folds and continues an interrupted one from ``ckpt/last.ckpt``. ``--init RUN``
 starts each fold from the same fold's weights in an earlier run (continued training or fine-tuning).
 CPU runs use bf16 autocast + channels_last; GPUs use AMP; several GPUs use Lightning's DDP.
@@ -15,10 +16,11 @@ CPU runs use bf16 autocast + channels_last; GPUs use AMP; several GPUs use Light
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lightning as L
@@ -28,11 +30,12 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, TensorDataset
 
 from training.augment import augment, mixup
 from training.checkpoint import WEIGHTS_FILE, init_weights, load_weights_only, save_checkpoint
-from training.data import FORMATS, PatchSet, load_patches
+from training.data import PatchSet, load_split
 from training.folds import Fold, make_folds
 from training.heads import DomainHead, ProjectionHead, dann_schedule
 from training.losses import (
@@ -46,8 +49,10 @@ from training.losses import (
 )
 from training.masks import GENERATOR_VERSION, generate_masks, load_masks
 from training.network import build_network, has_decoders, to_input
-from training.recipe import PRESETS, SELECTIONS, Recipe
+from training.recipe import PRESETS, Recipe
 from training.sampling import DomainAwareSampler, make_loader
+
+EARLIER_METRICS = "metrics.earlier.csv"  # metrics.csv of the parts before a --resume
 
 
 class MitosisTask(L.LightningModule):
@@ -56,7 +61,15 @@ class MitosisTask(L.LightningModule):
     Loss = classification (class-weighted BCE or adaptive focal, on hard or vote-softened targets, MixUp
     optional) + Dice + Dice (decoders) + supervised contrastive (projection of the embedding) + domain
     adversarial (gradient reversal). The projection and domain heads live here, not in the network, so
-    checkpoints and exports hold the network alone.
+    checkpoints and exports hold the network alone. With ``weight_averaging=ema`` an averaged copy of the
+    network (``averaged.module``) is updated after every optimizer step and validated beside the raw one.
+
+    Several processes (DDP): the validation probabilities, labels and row indices of every rank are gathered, and
+    BA and AUROC count each patch once (DistributedSampler pads the validation set to a multiple of the process
+    count by repeating up to W - 1 patches); the logged losses are Lightning's batch-size-weighted means over all
+    ranks, padding included (off by at most W - 1 of N patches). Domain-aware sampling feeds every rank's
+    per-sample losses to every rank's sampler, so that all ranks draw the same epoch list, which Lightning's
+    distributed wrapper then splits between them.
     """
 
     def __init__(self, recipe: dict, class_weights: tuple[float, float], steps_per_epoch: int,
@@ -75,8 +88,16 @@ class MitosisTask(L.LightningModule):
         self.supcon = SupConLoss(r.supcon_temperature) if r.supcon_weight else None
         self.domain_head = DomainHead(dim, n_domains) if r.domain_adversarial else None
         self.sampler: DomainAwareSampler | None = None  # set by train_fold for domain-aware sampling
-        self._val_probs: list[torch.Tensor] = []
+        # EMA of the parameters AND the buffers (BatchNorm running statistics), in fp32 like the net's
+        # parameters (autocast leaves them fp32); frozen so the optimizer skips it; a submodule, so it is in the
+        # Lightning checkpoints and --resume continues it. torch._foreach_lerp_ updates all tensors at once.
+        self.averaged = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(r.ema_decay),
+                                      use_buffers=True).requires_grad_(False) if r.weight_averaging == "ema" else None
+        self.selected_weights = "raw"  # which weights won the latest validation: raw | ema
+        self._val_probs: dict[str, list[torch.Tensor]] = {}  # per metric prefix: val (raw), val_avg (averaged)
+        self._val_losses: dict[str, list[torch.Tensor]] = {}  # batch loss x batch size
         self._val_labels: list[torch.Tensor] = []
+        self._val_index: list[torch.Tensor] = []  # row indices: the padding repeats of DistributedSampler
 
     @staticmethod
     def to_input(images: torch.Tensor) -> torch.Tensor:
@@ -122,28 +143,57 @@ class MitosisTask(L.LightningModule):
         if self.sampler is not None:
             logit = out["logit"].float().detach()
             per_sample = F.binary_cross_entropy_with_logits(logit, target.float(), reduction="none")
-            self.sampler.update(index, per_sample)
+            # all ranks' losses (in rank order), so every rank's sampler keeps the same state
+            self.sampler.update(self.all_gather(index).reshape(-1), self.all_gather(per_sample).reshape(-1))
         self.log_dict({f"train/{k}": v for k, v in parts.items()}, on_step=False, on_epoch=True,
                       batch_size=len(labels), sync_dist=True)
         return parts["loss"]
 
+    def on_train_batch_end(self, outputs, batch: tuple, batch_idx: int) -> None:
+        if self.averaged is not None:
+            self.averaged.update_parameters(self.net)
+
     def validation_step(self, batch: tuple, batch_idx: int) -> None:
-        images, pix, labels, votes, _, _ = batch
-        out = self.net(self.to_input(images))
-        parts = self.losses(out, self.targets(labels, votes), pix)
-        self.log_dict({f"val/{k}": v for k, v in parts.items()}, on_epoch=True, batch_size=len(labels),
-                      sync_dist=True)
-        self._val_probs.append(torch.sigmoid(out["logit"].float()).detach())
+        images, pix, labels, votes, _, index = batch
+        x, target = self.to_input(images), self.targets(labels, votes)
+        nets = {"val": self.net, **({"val_avg": self.averaged.module} if self.averaged is not None else {})}
+        for prefix, net in nets.items():
+            out = net(x)
+            parts = self.losses(out, target, pix)
+            self.log_dict({f"{prefix}/{k}": v for k, v in parts.items()}, on_epoch=True, batch_size=len(labels),
+                          sync_dist=True)
+            self._val_probs.setdefault(prefix, []).append(torch.sigmoid(out["logit"].float()).detach())
+            if self.averaged is not None:
+                self._val_losses.setdefault(prefix, []).append(parts["loss"].detach().float() * len(labels))
         self._val_labels.append(labels.detach())
+        self._val_index.append(index.detach())
 
     def on_validation_epoch_end(self) -> None:
-        probs = self.all_gather(torch.cat(self._val_probs)).reshape(-1).cpu().numpy()
-        labels = self.all_gather(torch.cat(self._val_labels)).reshape(-1).cpu().numpy() >= 0.5
+        index = self.all_gather(torch.cat(self._val_index)).reshape(-1).cpu().numpy()
+        once = np.unique(index, return_index=True)[1]  # each patch once: DistributedSampler pads with repeats
+        labels = self.all_gather(torch.cat(self._val_labels)).reshape(-1).cpu().numpy()[once] >= 0.5
+        bas = {}
+        for prefix, batches in self._val_probs.items():
+            probs = self.all_gather(torch.cat(batches)).reshape(-1).cpu().numpy()[once]
+            bas[prefix] = float(balanced_accuracy_score(labels, probs >= 0.5))
+            auroc = roc_auc_score(labels, probs) if 0 < labels.sum() < len(labels) else float("nan")
+            self.log_dict({f"{prefix}/ba": bas[prefix], f"{prefix}/auroc": float(auroc)}, sync_dist=False)
+        if self.averaged is not None:  # the better of raw and averaged (raw on a tie)
+            # the epoch's mean loss as Lightning logs it (weighted by batch size), over all processes
+            scores = bas if self.recipe.select == "val_ba" else {
+                prefix: self.all_gather(torch.stack(v).sum()).sum().item() / len(index)
+                for prefix, v in self._val_losses.items()}
+            _, mode = self.recipe.selection()
+            winner = (max if mode == "max" else min)(scores, key=scores.get)
+            self.selected_weights = "ema" if winner == "val_avg" else "raw"
+            self.log_dict({"select/score": scores[winner], "select/ema": float(winner == "val_avg")}, sync_dist=False)
         self._val_probs.clear()
+        self._val_losses.clear()
         self._val_labels.clear()
-        ba = balanced_accuracy_score(labels, probs >= 0.5)
-        auroc = roc_auc_score(labels, probs) if 0 < labels.sum() < len(labels) else float("nan")
-        self.log_dict({"val/ba": float(ba), "val/auroc": float(auroc)}, sync_dist=False)
+        self._val_index.clear()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["selected_weights"] = self.selected_weights  # read back by train_fold from best.ckpt
 
     def configure_optimizers(self):
         r = self.recipe
@@ -152,7 +202,7 @@ class MitosisTask(L.LightningModule):
         if r.schedule == "constant":
             return opt
         if r.schedule == "plateau":
-            monitor, mode = SELECTIONS[r.select]
+            monitor, mode = r.selection()
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=mode, factor=0.5, patience=3, min_lr=1e-7)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": monitor, "interval": "epoch"}}
         total = max(1, r.epochs * self.steps_per_epoch)  # cosine, after a linear warm-up
@@ -194,12 +244,28 @@ def tensors(ps: PatchSet, masks: np.ndarray | None, domain_ids: np.ndarray) -> T
                          torch.from_numpy(domain_ids.astype(np.int64)), torch.arange(len(ps)))
 
 
-def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray | None, recipe: Recipe, out: Path, *, resume: bool,
-               accelerator: str, devices: str | int, precision: str | None, max_steps: int = -1,
-               limit_val_batches: float | int = 1.0, progress: bool = True, mask_source: str = GENERATOR_VERSION,
-               init: Path | None = None) -> Path:
-    """Train one fold; returns its folder (with model.safetensors + config.json). ``init``: a run folder
-    whose same-named fold (or a fold folder / weights file) the network starts from."""
+@dataclass(frozen=True)
+class RunOptions:
+    """How the folds of a run are trained (what they learn is the recipe's). ``init``: a run folder whose
+    same-named fold (or a fold folder / weights file) each network starts from; ``mask_source`` is recorded in
+    config.json."""
+
+    accelerator: str = "auto"  # Lightning's: auto | cpu | gpu
+    devices: str | int = "auto"
+    precision: str | None = None  # default bf16-mixed
+    resume: bool = False
+    init: Path | None = None
+    max_steps: int = -1
+    limit_val_batches: float | int = 1.0
+    mask_source: str = GENERATOR_VERSION
+
+
+def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray | None, recipe: Recipe, out: Path,
+               options: RunOptions = RunOptions()) -> Path:
+    """Train one fold; returns its folder (with model.safetensors + config.json)."""
+    resume, accelerator, devices, precision, init = (options.resume, options.accelerator, options.devices,
+                                                     options.precision, options.init)
+    max_steps, limit_val_batches, mask_source = options.max_steps, options.limit_val_batches, options.mask_source
     folder = out / fold.name
     if resume and (folder / WEIGHTS_FILE).is_file():
         print(f"[{fold.name}] finished earlier, skipped")
@@ -221,7 +287,7 @@ def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray | None, recipe: Rec
     if init_file is not None and not (resume and last.is_file()):
         fresh = init_weights(module.net, init_file)
         print(f"[{fold.name}] starting from {init_file}" + (f"; {len(fresh)} tensors fresh" if fresh else ""))
-    monitor, mode = SELECTIONS[recipe.select]
+    monitor, mode = recipe.selection()
     best = ModelCheckpoint(folder / "ckpt", filename="best", monitor=monitor, mode=mode, save_last=True,
                            save_top_k=1, enable_version_counter=False)
     callbacks = [best, Throughput()]
@@ -234,19 +300,26 @@ def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray | None, recipe: Rec
         precision=precision or "bf16-mixed", deterministic="warn" if on_gpu else True,
         logger=CSVLogger(folder, name="", version=""), callbacks=callbacks,
         num_sanity_val_steps=0, limit_val_batches=limit_val_batches, log_every_n_steps=10,
-        enable_progress_bar=progress, enable_model_summary=False,
+        enable_progress_bar=True, enable_model_summary=False,
     )
-    trainer.fit(module, loader, val_loader, ckpt_path=last if resume and last.is_file() else None,
-                weights_only=True)
+    resuming = resume and last.is_file()
+    if resuming and trainer.global_rank == 0:  # Lightning's CSV logger starts metrics.csv afresh
+        _append_metrics(folder / "metrics.csv", folder / EARLIER_METRICS)
+    trainer.fit(module, loader, val_loader, ckpt_path=last if resuming else None, weights_only=True)
     if trainer.global_rank != 0:
         return folder
+    if (folder / EARLIER_METRICS).is_file():  # one metrics.csv over every resumed part, in order
+        _append_metrics(folder / "metrics.csv", folder / EARLIER_METRICS)
+        (folder / EARLIER_METRICS).rename(folder / "metrics.csv")
     state = load_weights_only(best.best_model_path or last)
     module.load_state_dict(state["state_dict"])
-    net = module.net.merged() if hasattr(module.net, "merged") else module.net
+    chosen = state.get("selected_weights", "raw")  # the weights that won at the selected epoch
+    net = module.averaged.module if chosen == "ema" else module.net
+    net = net.merged() if hasattr(net, "merged") else net
     selected = {k: float(v) for k, v in trainer.callback_metrics.items()} if not best.best_model_path else None
     meta = {
         "fold": fold.to_dict(), "recipe": recipe.to_dict(), "class_weights": weights, "threshold": 0.5,
-        "selected_epoch": int(state["epoch"]), "selected_on": monitor,
+        "selected_epoch": int(state["epoch"]), "selected_on": monitor, "selected_weights": chosen,
         "masks": mask_source if has_decoders(recipe.network) else None,
         "init": str(init_file) if init_file is not None else None,
         "selected_score": float(best.best_model_score) if best.best_model_score is not None else selected,
@@ -254,8 +327,22 @@ def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray | None, recipe: Rec
                  "train_atypical": int(train.labels.sum()), "val_atypical": int(val.labels.sum())},
     }
     save_checkpoint(folder, net.float(), meta)
-    print(f"[{fold.name}] selected epoch {meta['selected_epoch']} ({monitor} = {meta['selected_score']})")
+    print(f"[{fold.name}] selected epoch {meta['selected_epoch']}, {chosen} weights "
+          f"({monitor} = {meta['selected_score']})")
     return folder
+
+
+def _append_metrics(source: Path, target: Path) -> None:
+    """Append the rows of ``source`` (then removed) to ``target``, over the union of their columns."""
+    if not source.is_file():
+        return
+    parts = [list(csv.DictReader(f.open())) for f in (target, source) if f.is_file()]
+    columns = list(dict.fromkeys(c for rows in parts for row in rows[:1] for c in row))
+    with target.open("w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(row for rows in parts for row in rows)
+    source.unlink()
 
 
 def fold_weights(init: Path, fold_name: str) -> Path:
@@ -267,6 +354,8 @@ def fold_weights(init: Path, fold_name: str) -> Path:
 
 
 def build_recipe(args: argparse.Namespace) -> Recipe:
+    """The recipe of ``amf train``'s arguments: the preset, then the options, then ``--set``; a ValueError names
+    the bad field or value (and the valid ones)."""
     recipe = PRESETS[args.preset]
     overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "select", "seed")
                  if getattr(args, k) is not None}
@@ -285,44 +374,12 @@ def build_recipe(args: argparse.Namespace) -> Recipe:
     return recipe
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--manifest", required=True, help="CSV manifest, or a class-folder root with --format folders")
-    p.add_argument("--format", default="amibr", choices=[*FORMATS, "folders"])
-    p.add_argument("--root", help="folder the manifest's paths are relative to (default: the manifest's)")
-    p.add_argument("--split", help="use only rows of this split (e.g. train)")
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--preset", default="seed001", choices=sorted(PRESETS))
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--select", choices=sorted(SELECTIONS))
-    p.add_argument("--seed", type=int)
-    p.add_argument("--backbone", help="timm model name (multi-task: a CNN with features_only), or a foundation model")
-    p.add_argument("--pretrained",
-                   help="'hub' for timm's weights, or a local weights file (foundation models: required)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override any recipe field, e.g. mixup_alpha=0.2, network.finetune=linear, augment.hue=0.05")
-    p.add_argument("--single-task", action="store_true", help="decoders off (ablation)")
-    p.add_argument("--folds", help="comma-separated fold names or validation domains to run (default: all)")
-    p.add_argument("--hold-out-test", action="store_true",
-                   help="LODO: each fold also holds the next domain out for test")
-    p.add_argument("--masks", help="folder of masks made elsewhere (default: built-in generator)")
-    p.add_argument("--cache", default="cache", help="mask cache folder")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--init", type=Path, help="start each fold from the same fold's weights in this earlier run "
-                   "(or from one fold folder / .safetensors file); tensors it lacks, e.g. decoders, start fresh")
-    p.add_argument("--accelerator", default="auto")
-    p.add_argument("--devices", default="auto")
-    p.add_argument("--precision", help="Lightning precision (default bf16-mixed)")
-    p.add_argument("--max-steps", type=int, default=-1, help="stop each fold after this many steps (smoke runs)")
-    p.add_argument("--limit-val-batches", type=float, default=1.0)
-    args = p.parse_args(argv)
+ACCELERATORS = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}  # amf's --device -> Lightning's accelerator
 
-    recipe = build_recipe(args)
-    data = load_patches(args.manifest, args.format, args.root)
-    if args.split:
-        data = data.where(split=args.split)
+
+def run(args: argparse.Namespace, recipe: Recipe) -> None:
+    """``amf train`` (cli/main.py parses the arguments and builds ``recipe`` with :func:`build_recipe`)."""
+    data = load_split(args.manifest, args.format, args.root, args.split)
     print(f"{len(data)} patches, {int(data.labels.sum())} atypical, domains {sorted(set(data.domains))}")
     masks = None
     if has_decoders(recipe.network):
@@ -335,13 +392,10 @@ def main(argv: list[str] | None = None) -> None:
         folds = [f for f in folds if f.val_domain in wanted or f.name in wanted]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
-    limit_val = int(args.limit_val_batches) if args.limit_val_batches > 1 else args.limit_val_batches
-    mask_source = f"external:{args.masks}" if args.masks else GENERATOR_VERSION
+    options = RunOptions(
+        accelerator=ACCELERATORS[args.device], devices=args.devices, precision=args.precision, resume=args.resume,
+        init=args.init, max_steps=args.max_steps,
+        limit_val_batches=int(args.limit_val_batches) if args.limit_val_batches > 1 else args.limit_val_batches,
+        mask_source=f"external:{args.masks}" if args.masks else GENERATOR_VERSION)
     for fold in folds:
-        train_fold(fold, data, masks, recipe, args.out, resume=args.resume, accelerator=args.accelerator,
-                   devices=args.devices, precision=args.precision, max_steps=args.max_steps,
-                   limit_val_batches=limit_val, mask_source=mask_source, init=args.init)
-
-
-if __name__ == "__main__":
-    main()
+        train_fold(fold, data, masks, recipe, args.out, options)

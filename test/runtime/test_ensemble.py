@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import make_tiny_ensemble, real_pages, tiny_model_probs
+from conftest import ROOT, make_tiny_ensemble, real_pages, tiny_model_probs
 
 from runtime import device, tta
 from runtime.ensemble import Ensemble
@@ -134,6 +134,72 @@ def test_cpu_session_when_cuda_is_not_wanted(tmp_path, monkeypatch):
     monkeypatch.setenv("AMF_DEVICE", "cpu")
     ens = Ensemble(make_tiny_ensemble(tmp_path / "w"))
     assert ens.provider == "CPUExecutionProvider" and ens.device_note is None
+
+
+class StandInOrt:
+    """A stand-in onnxruntime module: its InferenceSession answers as a CUDA build on a machine would."""
+
+    def __init__(self, fails_with: Exception | None = None, comes_up_on: str = device.CUDA) -> None:
+        self.fails_with, self.comes_up_on, self.calls, self.preloaded = fails_with, comes_up_on, [], False
+
+    def preload_dlls(self) -> None:
+        self.preloaded = True
+
+    def InferenceSession(self, path, options, providers, enable_fallback=1):  # noqa: N802 - onnxruntime's name
+        self.calls.append(providers)
+        if providers[0] != device.CPU and self.fails_with is not None:
+            raise self.fails_with
+        first = providers[0] if isinstance(providers[0], str) else providers[0][0]
+        on = self.comes_up_on if first == device.CUDA else device.CPU
+        return SimpleNamespace(get_providers=lambda: [on, device.CPU])
+
+
+def test_cuda_session_starts_with_its_options(monkeypatch):
+    monkeypatch.setattr(device, "cuda_problem", lambda ort: None)
+    ort = StandInOrt()
+    session, note = device.create_session(ort, "m.onnx", None, want_cuda=True)
+    assert note is None and session.get_providers()[0] == device.CUDA and ort.preloaded
+    assert ort.calls == [[(device.CUDA, device.CUDA_OPTIONS), device.CPU]]
+    assert device.CUDA_OPTIONS["use_tf32"] == "0"  # answers comparable with the CPU's
+
+
+@pytest.mark.parametrize("ort, words", [
+    (StandInOrt(fails_with=RuntimeError("[ONNXRuntimeError] : 1 : FAIL : CUDA failure 100: no CUDA-capable device "
+                                        "is detected ; GPU=0 ; hostname=x ; file=cuda_call.cc")),
+     "the CUDA provider failed to start: CUDA failure 100: no CUDA-capable device is detected"),
+    (StandInOrt(fails_with=ValueError("unexpected provider option")),
+     "the CUDA provider failed to start: unexpected provider option"),
+    (StandInOrt(comes_up_on=device.CPU), "the CUDA provider's libraries did not load"),  # silently on the CPU
+])
+def test_cuda_that_fails_or_silently_falls_back_becomes_a_note_and_a_cpu_session(ort, words, monkeypatch):
+    monkeypatch.setattr(device, "cuda_problem", lambda ort: None)
+    session, note = device.create_session(ort, "m.onnx", None, want_cuda=True)
+    assert note == words and session.get_providers()[0] == device.CPU
+    assert ort.calls[-1] == [device.CPU]
+
+
+def test_cuda_problem_found_first_costs_no_cuda_session(monkeypatch):
+    monkeypatch.setattr(device, "cuda_problem", lambda ort: "no NVIDIA driver in this container")
+    ort = StandInOrt()
+    session, note = device.create_session(ort, "m.onnx", None, want_cuda=True)
+    assert note == "no NVIDIA driver in this container" and ort.calls == [[device.CPU]] and not ort.preloaded
+
+
+def test_shipped_graph_answers_a_page_the_same_alone_and_in_a_batch():
+    """Activation scales fixed at export: a page's answer must not depend on its neighbours (dynamic, per-batch
+    quantisation would make it so)."""
+    import onnx
+
+    weights = ROOT / "weights"
+    graph = onnx.load(str(weights / "ensemble.onnx"), load_external_data=False)
+    ops = {n.op_type for n in graph.graph.node}
+    assert "QuantizeLinear" in ops and not ops & {"DynamicQuantizeLinear", "DynamicQuantizeMatMul", "MatMulInteger"}
+    ens = Ensemble(weights, providers=CPU)
+    pages = real_pages(16)
+    pages[1:] = 255 - pages[1:]  # neighbours far from page 0 in intensity
+    batch = ens.probabilities(pages)
+    for i in (0, 7):
+        np.testing.assert_allclose(ens.probabilities(pages[i:i + 1])[0], batch[i], atol=1e-4)
 
 
 def test_cuda_that_cannot_start_falls_back_to_the_cpu_with_the_reason(tmp_path, monkeypatch):

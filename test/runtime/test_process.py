@@ -5,6 +5,7 @@ Each unusable input must give a one-line error naming the file, the documented e
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from conftest import (
     GC_SAMPLE_2PAGES,
     ROOT,
     make_tiny_ensemble,
+    pil_pages,
     real_pages,
     save_stack,
     tiny_model_probs,
@@ -28,8 +30,10 @@ from conftest import (
 
 import process
 from runtime import contract, grand_challenge
+from runtime.errors import OutputError
 from runtime.grand_challenge import OUTPUT_FILE, validate_results
 from runtime.stack import read_stack
+from runtime.vote import vote
 
 
 def run_main(input_dir: Path, output_dir: Path, weights: Path, capsys) -> tuple[int, str, list | None]:
@@ -62,11 +66,19 @@ def test_committed_test_input_gives_16_valid_entries(gc_input, tiny_weights, tmp
     np.testing.assert_allclose([r["confidence"] for r in result], tiny_model_probs(pages).mean(1), atol=1e-5)
 
 
+def assert_answers_pillows_pages(result: list, stack: Path) -> None:
+    """The tiny model's answers on the pages as Pillow decodes them (an independent reader)."""
+    atypical, confidence = vote(tiny_model_probs(pil_pages(stack)), [0.5] * 4)
+    assert [r["class"] for r in result] == ["atypical" if a else "normal" for a in atypical]
+    np.testing.assert_allclose([r["confidence"] for r in result], confidence, atol=1e-6)
+
+
 def test_gc_encoded_fixture_gives_2_valid_entries(tmp_path, tiny_weights, capsys):
     shutil.copy(GC_SAMPLE_2PAGES, write_inputs(tmp_path / "in", GC_SAMPLE_2PAGES.name))
     code, err, result = run_main(tmp_path / "in", tmp_path / "out", tiny_weights, capsys)
     assert code == 0, err
     validate_results(result, 2)
+    assert_answers_pillows_pages(result, GC_SAMPLE_2PAGES)
 
 
 @pytest.mark.skipif(not GC_SAMPLE.is_file(), reason="../shared/data/gc-sample not beside the repo")
@@ -75,15 +87,20 @@ def test_real_gc_sample_stack_gives_16_valid_entries(tmp_path, tiny_weights, cap
     code, err, result = run_main(tmp_path / "in", tmp_path / "out", tiny_weights, capsys)
     assert code == 0, err
     validate_results(result, 16)
+    assert_answers_pillows_pages(result, GC_SAMPLE)
 
 
-def test_shipped_weights_reproduce_the_expected_output(gc_input, tmp_path, capsys):
+def test_shipped_weights_reproduce_the_expected_output_on_the_cpu(gc_input, tmp_path, capsys, monkeypatch):
+    """expected_output.json was made on the CPU provider: the comparison runs there (a GPU run may differ in the
+    last digits of int8 rounding)."""
     weights = ROOT / "weights"
     expected_file = ROOT / "test" / "output" / "expected_output.json"
-    if not (weights / "ensemble.json").is_file() or not expected_file.is_file():
-        pytest.skip("no shipped weights in weights/ or no test/output/expected_output.json yet")
-    code, err, result = run_main(gc_input, tmp_path / "out", weights, capsys)
+    monkeypatch.setenv("AMF_DEVICE", "cpu")
+    code = process.main(["--input", str(gc_input), "--output", str(tmp_path / "out"), "--weights", str(weights)])
+    out, err = capsys.readouterr()
     assert code == 0, err
+    assert "4 fold models on CPUExecutionProvider" in out
+    result = json.loads((tmp_path / "out" / OUTPUT_FILE).read_text())
     validate_results(result, 16)
     expected = json.loads(expected_file.read_text())
     assert [r["class"] for r in result] == [r["class"] for r in expected]
@@ -334,6 +351,63 @@ def test_missing_output_folder_is_created_and_an_unwritable_one_refused(gc_input
     blocker.write_text("not a folder")
     code, err, _ = run_main(gc_input, blocker / "out", tiny_weights, capsys)
     assert_refused(code, err, None, 3, "output error", str(blocker))
+
+
+NO_SPACE = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+class FullDisk:
+    """os.fdopen's file, on a disk that fills after 10 characters."""
+
+    def __init__(self, fd: int, mode: str) -> None:
+        self.file = FDOPEN(fd, mode)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+
+    def write(self, text: str) -> None:
+        self.file.write(text[:10])
+        self.file.flush()
+        raise NO_SPACE
+
+
+FDOPEN = os.fdopen
+
+
+def fail(*args, **kwargs):
+    raise NO_SPACE
+
+
+@pytest.mark.parametrize("step", ["mkstemp", "fdopen", "fsync", "chmod", "replace"])
+def test_a_failed_output_write_leaves_the_folder_as_it_was(step, tmp_path, monkeypatch):
+    """Whichever step of the atomic write fails: an OutputError naming the file (the folder, when no temporary
+    file can be made there), no temporary or partial file left, and an earlier result untouched."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / OUTPUT_FILE).write_text("earlier\n")
+    with monkeypatch.context() as patch:
+        if step == "mkstemp":
+            patch.setattr(grand_challenge.tempfile, "mkstemp", fail)
+        else:
+            patch.setattr(grand_challenge.os, step, FullDisk if step == "fdopen" else fail)
+        with pytest.raises(OutputError) as info:
+            grand_challenge.write_results(out, [{"class": "normal", "confidence": 0.25}], 1)
+    named = out if step == "mkstemp" else out / OUTPUT_FILE
+    assert str(info.value) == f"{named}: cannot write the output (No space left on device)"
+    assert [p.name for p in out.iterdir()] == [OUTPUT_FILE]
+    assert (out / OUTPUT_FILE).read_text() == "earlier\n"
+
+
+def test_a_failed_rename_is_exit_3_with_no_output(gc_input, tiny_weights, tmp_path, capsys, monkeypatch):
+    (tmp_path / "out").mkdir()
+    monkeypatch.setattr(grand_challenge.os, "replace", fail)
+    code, err, result = run_main(gc_input, tmp_path / "out", tiny_weights, capsys)
+    monkeypatch.undo()
+    assert_refused(code, err, result, 3, "output error", str(tmp_path / "out" / OUTPUT_FILE), "No space left")
+    assert not any((tmp_path / "out").iterdir())
 
 
 def test_an_internal_error_is_exit_1_with_a_traceback(gc_input, tiny_weights, tmp_path, capsys, monkeypatch):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import GC_SAMPLE, GC_SAMPLE_2PAGES, ROOT, real_pages, save_stack, write_tiff
+from conftest import GC_SAMPLE, GC_SAMPLE_2PAGES, ROOT, pil_pages, real_pages, save_stack, write_tiff
 
 from runtime import stack
 from runtime.stack import InputError, read_stack
@@ -28,17 +29,20 @@ def test_tiff_and_metaimage_round_trip_exactly(name, tmp_path):
     np.testing.assert_array_equal(read_stack(path), pages)
 
 
-def test_real_gc_encoded_pages(tmp_path):
-    """The first two pages of GC's own sample stack, byte for byte (deflate, DPI tags)."""
+def test_real_gc_encoded_pages_decode_as_pillow_decodes_them():
+    """The first two pages of GC's own sample stack, byte for byte (deflate, DPI tags), against an independent
+    TIFF reader (Pillow's libtiff), not against read_stack or SimpleITK."""
     pages = read_stack(GC_SAMPLE_2PAGES)
     assert pages.shape == (2, 128, 128, 3) and pages.dtype == np.uint8 and pages.std() > 10
-    if GC_SAMPLE.is_file():
-        np.testing.assert_array_equal(pages, read_stack(GC_SAMPLE)[:2])
+    np.testing.assert_array_equal(pages, pil_pages(GC_SAMPLE_2PAGES))
 
 
 @pytest.mark.skipif(not GC_SAMPLE.is_file(), reason="../shared/data/gc-sample not beside the repo")
-def test_real_gc_sample_has_16_pages():
-    assert read_stack(GC_SAMPLE).shape == (16, 128, 128, 3)
+def test_real_gc_sample_has_16_pages_that_decode_as_pillow_decodes_them():
+    pages = read_stack(GC_SAMPLE)
+    assert pages.shape == (16, 128, 128, 3)
+    np.testing.assert_array_equal(pages, pil_pages(GC_SAMPLE))
+    np.testing.assert_array_equal(pages[:2], read_stack(GC_SAMPLE_2PAGES))  # the fixture is its first 2 pages
 
 
 def test_2d_image_is_one_page_and_40_pages_are_all_read(tmp_path):
@@ -239,3 +243,124 @@ def test_malformed_metaimage_headers_are_refused_before_itk_parses_them(edit, wo
     message = read_in_child(path)
     for word in words:
         assert word in message, message
+
+
+# --- TIFF variants: byte order, BigTIFF, tiles -------------------------------------------------------------
+
+def first_directory(data: bytes) -> tuple[str, dict[int, tuple[int, int, int]]]:
+    """Page 1's tags of a TIFF or BigTIFF, parsed here independently of runtime/stack.py: (byte order,
+    {tag: (type, count, where its values lie)})."""
+    end = "<" if data[:2] == b"II" else ">"
+    big = struct.unpack_from(end + "H", data, 2)[0] == 43
+    count_fmt, offset_fmt = ("Q", "Q") if big else ("H", "I")
+    count_size, value_size = struct.calcsize(count_fmt), struct.calcsize(offset_fmt)
+    offset = struct.unpack_from(end + offset_fmt, data, 8 if big else 4)[0]
+    tags = {}
+    for i in range(struct.unpack_from(end + count_fmt, data, offset)[0]):
+        entry = offset + count_size + i * (4 + 2 * value_size)
+        tag, typ = struct.unpack_from(end + "HH", data, entry)
+        count = struct.unpack_from(end + offset_fmt, data, entry + 4)[0]
+        where = entry + 4 + value_size
+        if count * {3: 2, 4: 4, 16: 8}[typ] > value_size:
+            where = struct.unpack_from(end + offset_fmt, data, where)[0]
+        tags[tag] = (typ, count, where)
+    return end, tags
+
+
+VARIANTS = {
+    "big-endian": dict(byteorder=">"),
+    "BigTIFF": dict(bigtiff=True),
+    "big-endian BigTIFF": dict(byteorder=">", bigtiff=True),
+    "tiled": dict(tile=48),
+    "tiled big-endian BigTIFF": dict(tile=64, byteorder=">", bigtiff=True),
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_big_endian_bigtiff_and_tiled_files_are_read_exactly_and_walked_alike(variant, tmp_path):
+    options = VARIANTS[variant]
+    pages = real_pages(3)
+    rgb16 = np.random.default_rng(1).integers(0, 65536, pages.shape).astype(np.uint16)  # byte order matters
+    np.testing.assert_array_equal(read_stack(write_tiff(tmp_path / "rgb.tif", list(pages), **options)), pages)
+    np.testing.assert_array_equal(read_stack(write_tiff(tmp_path / "rgb16.tif", list(rgb16), **options)),
+                                  ((rgb16.astype(np.uint32) + 128) // 257).astype(np.uint8))
+    np.testing.assert_array_equal(read_stack(write_tiff(tmp_path / "gray.tif", list(pages[..., 1]), **options)),
+                                  gray3(pages[..., 1:2]))
+    # the page directory walk understands the variant: a later page of another size or format is refused
+    refused(write_tiff(tmp_path / "mixed.tif", [pages[0], pages[1][:64, :100]], **options), "page 2 is 100 x 64 px")
+    refused(write_tiff(tmp_path / "formats.tif", [pages[0], pages[1][..., 0]], **options),
+            "page 2 stores its pixels differently")
+    # a cut file is refused wherever it is cut
+    data = (tmp_path / "rgb.tif").read_bytes()
+    for cut in range(7, len(data), len(data) // 9):
+        (tmp_path / "cut.tif").write_bytes(data[:cut])
+        refused(tmp_path / "cut.tif", "not a readable TIFF")
+    # image data (a strip or a tile) that lies beyond the end of the file is refused
+    end, tags = first_directory(data)
+    typ, count, where = tags[324 if options.get("tile") else 273]
+    assert count == (9 if options.get("tile") == 48 else 4 if options.get("tile") else 1)
+    moved = bytearray(data)
+    struct.pack_into(end + {4: "I", 16: "Q"}[typ], moved, where + (count - 1) * struct.calcsize({4: "I", 16: "Q"}[typ]),
+                     len(data) - 100)
+    (tmp_path / "beyond.tif").write_bytes(bytes(moved))
+    refused(tmp_path / "beyond.tif", "page 1 image data lies beyond the end of the file")
+
+
+def test_tiled_16_bit_gray_goes_through_itks_8_bit_fallback_within_one_of_the_rule(tmp_path):
+    """ITK reads tiled 16-bit gray TIFFs through libtiff's 8-bit RGBA reader (value >> 8), not round(value / 257):
+    documented in runtime/stack.py; never more than 1 apart."""
+    gray16 = np.random.default_rng(2).integers(0, 65536, (2, 128, 128)).astype(np.uint16)
+    got = read_stack(write_tiff(tmp_path / "tiled16.tif", list(gray16), tile=64)).astype(int)
+    rule = (gray16.astype(np.uint32) + 128) // 257
+    assert np.abs(got - gray3(rule[..., None])).max() <= 1
+    np.testing.assert_array_equal(got, gray3((gray16 >> 8)[..., None]))
+
+
+def test_stacks_itk_sees_differently_are_refused(tmp_path):
+    pages = real_pages(3)
+    # every page a reduced-resolution image (NewSubfileType 1): ITK reads 1 page of the 3 directories
+    refused(write_tiff(tmp_path / "subfiles.tif", list(pages), extra_tags=[(254, 4, [1])]),
+            "3 page directories but 1 pages readable")
+    refused(write_tiff(tmp_path / "float64.tif", list(pages.astype(np.float64))), "not a readable TIFF",
+            "64-bit samples")
+    # a header too short for its first offset, and no page directory at all
+    (tmp_path / "short.tif").write_bytes(b"II*\x00\x08\x00")
+    refused(tmp_path / "short.tif", "not a readable TIFF")
+    for name, header in [("none.tif", b"II*\x00" + bytes(4)), ("none_big.tif", b"MM\x00+\x00\x08\x00\x00" + bytes(8))]:
+        (tmp_path / name).write_bytes(header + bytes(64))
+        refused(tmp_path / name, "not a readable TIFF (no pages)")
+    (tmp_path / "version.tif").write_bytes(b"II\x2c\x00" + bytes(64))
+    refused(tmp_path / "version.tif", "not a readable TIFF (unknown version 44)")
+
+
+def test_pixel_types_and_shapes_the_header_checks_let_through_are_refused_by_itks_view(tmp_path, monkeypatch):
+    pages = real_pages(2)
+    path = save_stack(tmp_path / "stack.mha", pages)
+    with monkeypatch.context() as patch:  # a pixel type outside the supported integers and floats
+        patch.setattr(sitk.ImageFileReader, "GetPixelID", lambda self: sitk.sitkComplexFloat32)
+        refused(path, "unsupported pixel type (complex of 32-bit float)")
+    # the same limits are checked again on what ITK reports, should the header checks ever let one through
+    monkeypatch.setattr(stack, "check_mha_header", lambda path: stack.Layout(pages=None))
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 2, 8, 8, 3), np.uint8), isVector=True),
+                    str(tmp_path / "four_d.mha"))
+    refused(tmp_path / "four_d.mha", "4-D image")
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 8, 8, 5), np.uint8), isVector=True), str(tmp_path / "five.mha"))
+    refused(tmp_path / "five.mha", "5 channels per pixel")
+
+
+def test_wide_integer_and_double_pages_are_clipped(tmp_path):
+    values = np.array([-70000, -1, 0, 7, 255, 256, 70000], np.int64).reshape(1, 1, 7).repeat(128, 1)
+    values = np.pad(values, ((0, 0), (0, 0), (0, 121)), mode="edge")
+    expected = gray3(np.clip(values, 0, 255).astype(np.uint8)[..., None])
+    for dtype in (np.int32, np.int64, np.float64):
+        np.testing.assert_array_equal(read_stack(save_stack(tmp_path / "wide.mha", values.astype(dtype))), expected,
+                                      err_msg=np.dtype(dtype).name)
+    unsigned = save_stack(tmp_path / "u32.mha", np.clip(values, 0, None).astype(np.uint32))
+    np.testing.assert_array_equal(read_stack(unsigned), expected)
+
+
+def test_fit_size_and_itk_messages():
+    pages = np.arange(2 * 5 * 4 * 3, dtype=np.uint8).reshape(2, 5, 4, 3)
+    np.testing.assert_array_equal(stack.fit_size(pages, 3), pages[:, 1:4, 0:3])  # centre crop, rounded down
+    assert stack._itk_message(RuntimeError("no ITK line here")) == "RuntimeError"
+    assert stack._itk_message(RuntimeError("x\nsitk::ERROR: Unable to open it\n")) == "Unable to open it"

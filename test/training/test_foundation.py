@@ -1,4 +1,4 @@
-"""Foundation-model backbones (model/foundation.py) on tiny random ViTs of the published architectures:
+"""Foundation-model backbones (training/foundation.py) on tiny random ViTs of the published architectures:
 loading a local file, pooling, errors, linear-probe freezing, LoRA and its merge."""
 
 from __future__ import annotations

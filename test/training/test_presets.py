@@ -11,8 +11,9 @@ import pytest
 from conftest import AMIBR_FIXTURE
 from safetensors.torch import save_file
 
+from cli.main import main as amf
 from runtime.ensemble import Ensemble
-from training import evaluate, export, train
+from training import evaluate
 from training.data import load_patches
 from training.foundation import FoundationBackbone
 from training.recipe import PRESETS
@@ -41,8 +42,8 @@ def tiny_foundation_weights(name: str, folder: Path) -> tuple[Path, int]:
 def preset_args(name: str, out: Path, tmp: Path) -> list[str]:
     recipe = PRESETS[name]
     fold = "tupac16" if recipe.cv == "lodo" else "cv1of5"
-    args = ["--manifest", str(AMIBR_FIXTURE / "manifest.csv"), "--out", str(out), "--preset", name, "--epochs", "1",
-            "--batch-size", "4", "--folds", fold, "--cache", str(tmp / "cache")]
+    args = ["train", "--manifest", str(AMIBR_FIXTURE / "manifest.csv"), "--out", str(out), "--preset", name,
+            "--epochs", "1", "--batch-size", "4", "--folds", fold, "--cache", str(tmp / "cache")]
     changes = dict(SHRINK.get(name, {}))
     if recipe.network.kind == "foundation":
         weights, size = tiny_foundation_weights(recipe.network.backbone, tmp)
@@ -54,7 +55,7 @@ def preset_args(name: str, out: Path, tmp: Path) -> list[str]:
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_trains_end_to_end(name, tmp_path):
     out = tmp_path / "run"
-    train.main(preset_args(name, out, tmp_path))
+    assert amf(preset_args(name, out, tmp_path)) == 0
     (fold,) = [p for p in out.iterdir() if p.is_dir()]
     config = json.loads((fold / "config.json").read_text())
     recipe = PRESETS[name]
@@ -75,11 +76,13 @@ def test_vit_and_foundation_lora_ensembles_run_in_the_container_runtime(tmp_path
     runs = []
     for name in ("seed002-vit-l16", "seed003"):
         out = tmp_path / name
-        train.main(preset_args(name, out, tmp_path))
+        assert amf(preset_args(name, out, tmp_path)) == 0
         runs.append(out)
-    doc = export.export_ensemble(runs, tmp_path / "weights", manifest=str(AMIBR_FIXTURE / "manifest.csv"))
+    assert amf(["export", *map(str, runs), "--out", str(tmp_path / "weights"), "--quantize", "weights",
+                "--manifest", str(AMIBR_FIXTURE / "manifest.csv")]) == 0
+    doc = json.loads((tmp_path / "weights" / "ensemble.json").read_text())
     assert [f["network"]["kind"] for f in doc["folds"]] == ["timm", "foundation"]
-    assert doc["provenance"]["parity_vs_pytorch_fp32"]["real"]["class_agreement"] >= 0.9
+    assert doc["provenance"]["parity_vs_float"]["real"]["class_agreement"] >= 0.9
     images = load_patches(AMIBR_FIXTURE / "manifest.csv").images
     ref = evaluate.evaluate_run(runs, images)
     got = Ensemble(tmp_path / "weights").probabilities(images)

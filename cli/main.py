@@ -1,0 +1,281 @@
+"""The ``amf`` console command ([project.scripts] in pyproject.toml): every step of the project as one command.
+
+Arguments are parsed before anything heavy is imported: torch and the ``training`` package load only when a
+command that needs them runs, so ``amf COMMAND --help`` is instant and works in the runtime-only install.
+Each command's implementation is a ``run(args)`` in its module (training/*.py, runtime/predict.py). A bad
+argument, recipe field or manifest ends in one ``amf COMMAND: error: ...`` line and exit 2; a training command
+without the ``train`` extra says so in one line (exit 2). ``amf predict`` uses the container's exit codes
+(runtime/errors.py). The container's entry point stays ``process.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from cli.options import (
+    CALIBRATION_METHODS,
+    PRESETS,
+    QUANTIZE_MODES,
+    SELECTIONS,
+    add_batch_size,
+    add_data,
+    add_device,
+    add_out,
+    add_runs,
+    add_tta,
+    add_weights,
+)
+
+# top-level modules of the `train` extra (pyproject.toml); a command that misses one names the extra
+TRAIN_EXTRA = frozenset({"torch", "torchvision", "timm", "lightning", "safetensors", "skimage", "sklearn", "scipy",
+                         "matplotlib", "PIL", "onnx", "onnxscript", "peft"})
+EXPORT_CALIBRATION, EXPORT_CALIBRATION_PATCHES = "minmax", 256  # training/export.py's defaults (chosen on validation)
+INFERENCE_BATCH = 64  # PyTorch inference batch of evaluate, calibrate and pick
+
+
+class UsageError(Exception):
+    """A bad argument that only the command itself can see (e.g. a recipe field): one line, exit 2."""
+
+
+# ---- the commands: each parses here and imports its implementation only when it runs ----
+
+def train_args(p: argparse.ArgumentParser) -> None:
+    add_data(p, split_help="train on this split's rows only (e.g. train)")
+    add_out(p, "run folder: one sub-folder per fold (checkpoints, metrics.csv, model.safetensors + config.json)")
+    r = p.add_argument_group("recipe (default: the preset's value)")
+    r.add_argument("--preset", default="seed001", choices=PRESETS, metavar="NAME",
+                   help=f"{' | '.join(PRESETS)} (default seed001)")
+    r.add_argument("--epochs", type=int)
+    r.add_argument("--lr", type=float)
+    add_batch_size(r, "training batch size", None)
+    r.add_argument("--select", choices=SELECTIONS, help="model selection on the validation part")
+    r.add_argument("--seed", type=int)
+    r.add_argument("--backbone", help="timm model name (multi-task: a CNN with features_only), or a foundation model")
+    r.add_argument("--pretrained", help="'hub' for timm's weights, or a local weights file (foundation models: "
+                   "required)")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override any recipe field, e.g. mixup_alpha=0.2, network.finetune=linear, augment.hue=0.05")
+    r.add_argument("--single-task", action="store_true", help="decoders off (ablation)")
+    f = p.add_argument_group("folds and masks")
+    f.add_argument("--folds", metavar="NAMES",
+                   help="comma-separated fold names or validation domains to run (default: all)")
+    f.add_argument("--hold-out-test", action="store_true", help="LODO: each fold also holds the next domain out")
+    f.add_argument("--masks", type=Path, metavar="DIR",
+                   help="folder of masks made elsewhere (default: the built-in generator)")
+    f.add_argument("--cache", type=Path, default=Path("cache"), metavar="DIR", help="mask cache folder (default cache)")
+    x = p.add_argument_group("run")
+    x.add_argument("--resume", action="store_true", help="skip finished folds, continue the current one from "
+                   "ckpt/last.ckpt")
+    x.add_argument("--init", type=Path, metavar="RUN", help="start each fold from the same fold's weights in this "
+                   "earlier run (or one fold folder / .safetensors file); tensors it lacks, e.g. decoders, start fresh")
+    add_device(x, "Lightning's accelerator: auto | cpu | cuda (gpu)")
+    x.add_argument("--devices", default="auto", help="how many devices (or which), Lightning's devices; several "
+                   "GPUs train with DDP (default auto)")
+    x.add_argument("--precision", help="Lightning precision (default bf16-mixed)")
+    x.add_argument("--max-steps", type=int, default=-1, metavar="N",
+                   help="stop each fold after this many steps (smoke runs)")
+    x.add_argument("--limit-val-batches", type=float, default=1.0, metavar="N", help="a fraction, or a count when > 1")
+
+
+def train(args: argparse.Namespace) -> None:
+    from training import train
+
+    try:
+        recipe = train.build_recipe(args)
+    except ValueError as exc:  # the recipe's checks name the valid choices
+        raise UsageError(exc) from None
+    train.run(args, recipe)
+
+
+def pick_args(p: argparse.ArgumentParser) -> None:
+    add_runs(p, "runs of the same folds, e.g. a run and its continuation with --init")
+    add_data(p, split_help="the split the folds were trained on (e.g. train)")
+    add_out(p, "folder for each fold's best model (OUT/<fold>/) and selection.json")
+    add_batch_size(p, "inference batch", INFERENCE_BATCH)
+    add_device(p)
+
+
+def pick(args: argparse.Namespace) -> None:
+    from training import calibrate
+
+    calibrate.run_pick(args)
+
+
+def calibrate_args(p: argparse.ArgumentParser) -> None:
+    add_runs(p)
+    add_data(p, split_help="the split the folds were trained on (e.g. train)")
+    add_tta(p, "the TTA the threshold is chosen for; auto compares none and d4 on validation and keeps the better",
+            auto=True)
+    p.add_argument("--write", action="store_true", help="write the threshold into each fold's config.json")
+    add_batch_size(p, "inference batch", INFERENCE_BATCH)
+    add_device(p)
+
+
+def calibrate(args: argparse.Namespace) -> None:
+    from training import calibrate
+
+    calibrate.run(args)
+
+
+def evaluate_args(p: argparse.ArgumentParser) -> None:
+    add_runs(p, "run folder(s) or fold folders (their checkpoints vote as one ensemble), and/or exported ensemble "
+             "folders (ensemble.json: scored by the container's code); two or more ensembles are compared (A, B, "
+             "...): the paired interval of each vote's BA difference from A's")
+    add_data(p, split_help="evaluate only this split's rows (e.g. test)")
+    add_out(p, "report folder: report.html (one self-contained page), report.json, report.md, roc.png, "
+            "confusion.png")
+    add_tta(p, "test-time augmentation (default: the spec's for an exported ensemble, none for checkpoints)",
+            default=None)
+    p.add_argument("--no-vote", action="store_true", help="score the models one by one only (e.g. ablation variants)")
+    p.add_argument("--bootstrap", type=int, default=2000, metavar="N",
+                   help="resamples for 95 %% intervals of BA, over slides where the manifest names them (0: off; "
+                        "the paired difference of two ensembles still gets 2000; default 2000)")
+    p.add_argument("--gallery", type=int, default=6, metavar="N",
+                   help="report.html: the vote's N most confident errors per domain (default 6)")
+    add_batch_size(p, "PyTorch inference batch (checkpoints)", INFERENCE_BATCH)
+    add_device(p, "where the models run (auto: CUDA when available; exported ensembles: as amf predict)")
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    from training import evaluate
+
+    evaluate.run(args)
+
+
+def export_args(p: argparse.ArgumentParser) -> None:
+    add_runs(p, "run folder(s) with fold checkpoints, or fold folders, or one exported ensemble folder "
+             "(re-quantised from its own graph)")
+    add_data(p, split="train", manifest_help="labelled manifest: int8 calibration and the accuracy guard",
+             split_help="the rows for calibration and the per-fold validation guard")
+    add_out(p, "folder for ensemble.onnx + ensemble.json", default="weights")
+    add_tta(p, "test-time augmentation the container applies (written into ensemble.json)")
+    q = p.add_argument_group("int8")
+    q.add_argument("--quantize", default="static", choices=QUANTIZE_MODES,
+                   help="static: int8 activations too; weights: int8 weights only, float activations (default static)")
+    q.add_argument("--calibration", default=EXPORT_CALIBRATION, choices=CALIBRATION_METHODS,
+                   help=f"static calibration method (default {EXPORT_CALIBRATION})")
+    q.add_argument("--calibration-patches", type=int, default=EXPORT_CALIBRATION_PATCHES, metavar="N",
+                   help=f"static calibration sample size (default {EXPORT_CALIBRATION_PATCHES})")
+    q.add_argument("--no-guard", action="store_true", help="write the graph even when the accuracy guard fails")
+
+
+def export(args: argparse.Namespace) -> None:
+    from training import export
+
+    export.run(args)
+
+
+def predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                   help="stack (.tif/.tiff/.mha: every page), patch image (.png/.jpg/.jpeg/.bmp), folder (searched "
+                        "recursively) or CSV manifest (file, image_id, path or filename column)")
+    add_out(p, "CSV to write (atomically): source, page, class, confidence, each fold's probability")
+    add_weights(p)
+    add_batch_size(p, "patches per inference run", 256)
+    add_tta(p, "override the ensemble spec's test-time augmentation", default=None)
+    add_device(p, "where onnxruntime runs (default: $AMF_DEVICE, else auto: CUDA when a GPU is visible)", default=None)
+
+
+def predict(args: argparse.Namespace) -> int:
+    from runtime import predict
+
+    return predict.run(args)
+
+
+def masks_args(p: argparse.ArgumentParser) -> None:
+    add_data(p, split="train", split_help="draw from this split")
+    add_out(p, "PNG to write")
+    p.add_argument("--per-class", type=int, default=5, help="patches per class and domain (default 5)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def masks(args: argparse.Namespace) -> None:
+    from training import masks
+
+    masks.run(args)
+
+
+COMMANDS: dict[str, tuple[Callable, Callable, str, str]] = {
+    # name: (arguments, implementation, one-line help, description)
+    "train": (train_args, train, "cross-validated training of a recipe (Lightning)",
+              "Train every fold of a recipe (leave one domain out, or slide-grouped k-fold); seed 001's multi-task "
+              "network by default. Each fold writes <out>/<fold>/: Lightning checkpoints every epoch, metrics.csv, "
+              "and model.safetensors + config.json when it finishes."),
+    "pick": (pick_args, pick, "keep per fold the run whose model scores best on its validation part",
+             "For runs of the same folds: copy each fold's model with the highest validation balanced accuracy "
+             "(threshold 0.5) to OUT/<fold>/; OUT/selection.json records every candidate."),
+    "calibrate": (calibrate_args, calibrate, "choose the decision threshold (and TTA) on the validation parts",
+                  "Each fold model predicts its own validation part, never the test split; one threshold shared "
+                  "by all folds, the grid value that maximises the mean validation balanced accuracy. Writes "
+                  "calibration.json in each run folder; --write also puts the threshold into every config.json."),
+    "evaluate": (evaluate_args, evaluate, "score fold checkpoints or an exported ensemble on a labelled manifest",
+                 "Balanced accuracy (95 % bootstrap interval), sensitivity, specificity and AUROC, overall and per "
+                 "domain, for each fold model and their majority vote (runtime/vote.py, with runtime/tta.py's TTA); "
+                 "an exported ensemble runs as in the container. report.html adds the plots and the vote's most "
+                 "confident errors per domain."),
+    "export": (export_args, export, "export fold checkpoints as the container's int8 ONNX ensemble",
+               "Fold checkpoints -> pruned networks -> one ONNX graph -> int8 (static, calibrated on the "
+               "manifest's training split) -> accuracy guard and parity -> ensemble.onnx + ensemble.json."),
+    "predict": (predict_args, predict, "predict folders, manifests or stacks with an exported ensemble (CSV)",
+                "The container's ensemble on many patches or stacks in one process, with a progress line. "
+                "Exit codes as process.py: 0 done, 2 input error, 3 output not writable, 4 model error."),
+    "masks": (masks_args, masks, "draw a sample of the built-in generator's masks (PNG)",
+              "Per domain, a row of atypical then normal patches with their generated mask outlined "
+              "(red = atypical, green = normal), as in docs/masks.png."),
+}
+
+
+USAGE = """Atypical vs normal mitotic figures: train, choose, evaluate, export and run the fold ensemble.
+
+commands:
+{commands}
+
+a typical path (M = a manifest; the shipped model's whole schedule: scripts/reproduce_default.sh):
+  amf train --manifest M --split train --preset scratch --epochs 25 --out runs/X
+  amf calibrate runs/X --manifest M --split train --tta auto
+  amf evaluate runs/X --manifest M --split test --out reports/X
+  amf export runs/X --manifest M --out weights
+  amf predict FOLDER_CSV_OR_STACK --out predictions.csv --weights weights
+
+`amf COMMAND --help` lists a command's options; the data options (--manifest --format --root --split),
+--out, --tta MODE, --batch-size, --device and --weights mean the same in every command."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    commands = "\n".join(f"  {name:<10} {summary}" for name, (_, _, summary, _) in COMMANDS.items())
+    parser = argparse.ArgumentParser(prog="amf", description=USAGE.format(commands=commands),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="one of the commands above")
+    for name, (arguments, implementation, summary, description) in COMMANDS.items():
+        p = sub.add_parser(name, description=f"{summary[0].upper()}{summary[1:]}. {description}")
+        arguments(p)
+        p.set_defaults(implementation=implementation)
+    return parser
+
+
+def _is_user_error(exc: Exception) -> bool:
+    data = sys.modules.get("training.data")  # loaded only by the commands that read a manifest
+    errors = sys.modules.get("runtime.errors")  # an unusable model folder (amf evaluate)
+    return (isinstance(exc, UsageError) or (data is not None and isinstance(exc, data.ManifestError))
+            or (errors is not None and isinstance(exc, errors.ModelError)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.implementation(args) or 0
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").partition(".")[0]
+        if missing not in TRAIN_EXTRA:
+            raise
+        message = f"needs the train extra ({missing} is not installed): pip install -e '.[train]'"
+    except Exception as exc:
+        if not _is_user_error(exc):
+            raise
+        message = str(exc)
+    print(f"amf {args.command}: error: {message}", file=sys.stderr)
+    return 2

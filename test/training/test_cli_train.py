@@ -1,0 +1,59 @@
+"""``amf``'s training commands: recipe and manifest errors are one line and exit 2, and the choice lists that
+cli/options.py repeats by name (so that parsing needs no torch) match the training side's."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import AMIBR_FIXTURE
+
+from cli import main as cli
+from cli import options
+from training import data, export, quantize, recipe, train
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("augment.hu=0.05", "--set augment.hu: no such field; choose from ['d4', "),
+    ("loss=foo", "unknown loss 'foo' (one of bce, focal)"),
+    ("nosuch.field=1", "--set nosuch.field: unknown section 'nosuch' (network, augment)"),
+    ("epochs", "--set 'epochs': expected key=value"),
+])
+def test_a_bad_recipe_setting_is_one_line_and_exit_2(setting, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli.main(["train", "--manifest", str(AMIBR_FIXTURE / "manifest.csv"), "--out", str(out), "--set", setting])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"amf train: error: {message}") and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_mixup_with_decoders_is_refused_before_any_data_is_read(tmp_path, capsys):
+    assert cli.main(["train", "--manifest", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "run"),
+                     "--set", "mixup_alpha=0.2"]) == 2
+    assert capsys.readouterr().err.startswith("amf train: error: MixUp mixes images but not their masks")
+
+
+def test_a_bad_manifest_is_an_error_line_and_exit_2(tmp_path, capsys):
+    assert cli.main(["evaluate", str(tmp_path), "--manifest", str(tmp_path / "missing.csv"),
+                     "--out", str(tmp_path / "report")]) == 2
+    assert capsys.readouterr().err == f"amf evaluate: error: {tmp_path / 'missing.csv'}: manifest not found\n"
+
+
+def test_the_device_option_maps_to_lightnings_accelerator():
+    assert set(train.ACCELERATORS) == set(options.DEVICES) and train.ACCELERATORS["cuda"] == "gpu"
+
+
+def test_the_cli_choice_lists_match_the_training_side():
+    assert set(options.FORMATS) == {*data.FORMATS, "folders"}
+    assert set(options.PRESETS) == set(recipe.PRESETS)
+    assert set(options.SELECTIONS) == set(recipe.SELECTIONS)
+    assert set(options.QUANTIZE_MODES) == set(quantize.MODES)
+    assert set(options.CALIBRATION_METHODS) == set(quantize.CALIBRATION_METHODS)
+    assert (cli.EXPORT_CALIBRATION, cli.EXPORT_CALIBRATION_PATCHES) == (export.CALIBRATION_METHOD,
+                                                                      export.CALIBRATION_PATCHES)
+
+
+def test_the_old_module_entry_points_are_gone():
+    from training import calibrate, evaluate, masks
+
+    for module in (train, calibrate, evaluate, export, masks):
+        assert not hasattr(module, "main"), module.__name__
+        assert "__main__" not in open(module.__file__).read(), module.__name__
