@@ -1,6 +1,6 @@
 """Shared fixtures for the tests (runtime/ and training/) (numpy, SimpleITK, onnx, onnxruntime only; no torch;
 Pillow only inside :func:`pil_pages`, which skips without it): a tiny ONNX ensemble in the export format,
-GC-layout inputs, and stack writers."""
+GC-layout inputs, stack writers, and the AMi-Br fixture's patches (``training.data`` imported inside the fixture)."""
 
 from __future__ import annotations
 
@@ -91,6 +91,10 @@ def tiny_model_probs(pages: np.ndarray, offsets=(0.0, 0.2, -0.2, 0.4), corner: i
     region = pages[:, :corner, :corner] if corner else pages
     mean = (region.astype(np.float64) * tiny_weight_map(*region.shape[1:3])[None]).sum(axis=(1, 2, 3))
     return 1 / (1 + np.exp(-((mean[:, None] - 128) / 16 + np.asarray(offsets)[None])))
+
+
+def d4_views(pages: np.ndarray) -> list[np.ndarray]:
+    return [np.rot90(v, k, axes=(1, 2)) for v in (pages, pages[:, :, ::-1]) for k in range(4)]
 
 
 def write_inputs(root: Path, image_name: str | None = "stack.tif", slug: str = SOCKET,
@@ -206,3 +210,10 @@ def tiny_weights(tmp_path) -> Path:
 def gc_input(tmp_path) -> Path:
     """A copy of the committed 16-page test input."""
     return Path(shutil.copytree(HERE / "input", tmp_path / "input"))
+
+
+@pytest.fixture(scope="module")
+def patches():
+    from training.data import load_patches
+
+    return load_patches(AMIBR_FIXTURE / "manifest.csv", "amibr")

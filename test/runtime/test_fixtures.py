@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_tiny_ensemble, real_pages, tiny_model_probs, write_tiff
+from conftest import d4_views, make_tiny_ensemble, real_pages, tiny_model_probs, write_tiff
 
 from runtime.ensemble import Ensemble
 
 CPU = ["CPUExecutionProvider"]
-
-
-def d4_views(pages: np.ndarray) -> list[np.ndarray]:
-    return [np.rot90(v, k, axes=(1, 2)) for v in (pages, pages[:, :, ::-1]) for k in range(4)]
 
 
 @pytest.mark.parametrize("corner", [None, 40])

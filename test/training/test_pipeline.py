@@ -28,11 +28,6 @@ from training.recipe import Recipe
 SMALL = NetworkConfig(backbone="resnetv2_18", head_hidden=(32, 16), decoder_channels=(32, 16, 8))
 
 
-@pytest.fixture(scope="module")
-def patches():
-    return load_patches(AMIBR_FIXTURE / "manifest.csv", "amibr")
-
-
 def test_a_few_training_steps_lower_the_loss(patches):
     torch.manual_seed(0)
     recipe = Recipe(lr=1e-3, network=SMALL, augment=AugmentConfig(d4=False, rotation_deg=0, stain_scale=0,

@@ -1,0 +1,110 @@
+"""runtime/device.py: CPU/CUDA choice, driver and build checks, and CUDA sessions that fall back."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from conftest import make_tiny_ensemble, real_pages
+
+from runtime import device
+from runtime.ensemble import Ensemble
+
+
+@pytest.mark.parametrize("setting, gpu, n_pages, min_pages, expected", [
+    ("cpu", True, 16, None, False),
+    ("cuda", False, 16, None, True),
+    ("auto", False, 16, None, False),
+    ("auto", True, 1, None, True),
+    ("auto", True, 4, "8", False),
+    ("auto", True, 8, "8", True),
+    ("auto", True, None, "8", True),
+])
+def test_device_choice(setting, gpu, n_pages, min_pages, expected, monkeypatch):
+    monkeypatch.setenv("AMF_DEVICE", setting)
+    if min_pages is None:
+        monkeypatch.delenv("AMF_GPU_MIN_PAGES", raising=False)
+    else:
+        monkeypatch.setenv("AMF_GPU_MIN_PAGES", min_pages)
+    monkeypatch.setattr(device, "gpu_visible", lambda: gpu)
+    assert device.wants_cuda(n_pages) is expected
+
+
+def test_driver_check_names_the_driver_and_the_floor():
+    assert device.driver_problem(12040, 12) is None and device.driver_problem(13000, 12) is None
+    assert device.driver_problem(11080, 12) == ("the NVIDIA driver supports CUDA 11.8, this onnxruntime-gpu needs "
+                                                "CUDA 12 (driver >= 525.60.13)")
+    assert "needs CUDA 13 (driver >= 580" in device.driver_problem(12090, 13)
+
+
+def test_cuda_problems_found_before_onnxruntime_tries(monkeypatch):
+    cpu_build = SimpleNamespace(get_available_providers=lambda: [device.CPU], __version__="1.26.0")
+    assert device.cuda_problem(cpu_build) == "this onnxruntime 1.26.0 is the CPU build (no CUDA provider)"
+    gpu_build = SimpleNamespace(get_available_providers=lambda: [device.CUDA, device.CPU], __version__="1.26.0")
+    assert device.cuda_problem(gpu_build, libcuda="libcuda-missing.so.1") == (
+        "no NVIDIA driver in this container (libcuda-missing.so.1 not found)")
+
+
+def test_cpu_session_when_cuda_is_not_wanted(tmp_path, monkeypatch):
+    monkeypatch.setenv("AMF_DEVICE", "cpu")
+    ens = Ensemble(make_tiny_ensemble(tmp_path / "w"))
+    assert ens.provider == "CPUExecutionProvider" and ens.device_note is None
+
+
+class StandInOrt:
+    """A stand-in onnxruntime module: its InferenceSession answers as a CUDA build on a machine would."""
+
+    def __init__(self, fails_with: Exception | None = None, comes_up_on: str = device.CUDA) -> None:
+        self.fails_with, self.comes_up_on, self.calls, self.preloaded = fails_with, comes_up_on, [], False
+
+    def preload_dlls(self) -> None:
+        self.preloaded = True
+
+    def InferenceSession(self, path, options, providers, enable_fallback=1):  # noqa: N802 - onnxruntime's name
+        self.calls.append(providers)
+        if providers[0] != device.CPU and self.fails_with is not None:
+            raise self.fails_with
+        first = providers[0] if isinstance(providers[0], str) else providers[0][0]
+        on = self.comes_up_on if first == device.CUDA else device.CPU
+        return SimpleNamespace(get_providers=lambda: [on, device.CPU])
+
+
+def test_cuda_session_starts_with_its_options(monkeypatch):
+    monkeypatch.setattr(device, "cuda_problem", lambda ort: None)
+    ort = StandInOrt()
+    session, note = device.create_session(ort, "m.onnx", None, want_cuda=True)
+    assert note is None and session.get_providers()[0] == device.CUDA and ort.preloaded
+    assert ort.calls == [[(device.CUDA, device.CUDA_OPTIONS), device.CPU]]
+    assert device.CUDA_OPTIONS["use_tf32"] == "0"  # answers comparable with the CPU's
+
+
+@pytest.mark.parametrize("ort, words", [
+    (StandInOrt(fails_with=RuntimeError("[ONNXRuntimeError] : 1 : FAIL : CUDA failure 100: no CUDA-capable device "
+                                        "is detected ; GPU=0 ; hostname=x ; file=cuda_call.cc")),
+     "the CUDA provider failed to start: CUDA failure 100: no CUDA-capable device is detected"),
+    (StandInOrt(fails_with=ValueError("unexpected provider option")),
+     "the CUDA provider failed to start: unexpected provider option"),
+    (StandInOrt(comes_up_on=device.CPU), "the CUDA provider's libraries did not load"),  # silently on the CPU
+])
+def test_cuda_that_fails_or_silently_falls_back_becomes_a_note_and_a_cpu_session(ort, words, monkeypatch):
+    monkeypatch.setattr(device, "cuda_problem", lambda ort: None)
+    session, note = device.create_session(ort, "m.onnx", None, want_cuda=True)
+    assert note == words and session.get_providers()[0] == device.CPU
+    assert ort.calls[-1] == [device.CPU]
+
+
+def test_cuda_problem_found_first_costs_no_cuda_session(monkeypatch):
+    monkeypatch.setattr(device, "cuda_problem", lambda ort: "no NVIDIA driver in this container")
+    ort = StandInOrt()
+    session, note = device.create_session(ort, "m.onnx", None, want_cuda=True)
+    assert note == "no NVIDIA driver in this container" and ort.calls == [[device.CPU]] and not ort.preloaded
+
+
+def test_cuda_that_cannot_start_falls_back_to_the_cpu_with_the_reason(tmp_path, monkeypatch):
+    if device.gpu_visible():
+        pytest.skip("a GPU is present: CUDA would start")
+    monkeypatch.setenv("AMF_DEVICE", "cuda")
+    ens = Ensemble(make_tiny_ensemble(tmp_path / "w"))
+    assert ens.provider == "CPUExecutionProvider"
+    assert "CPU build" in ens.device_note or "no NVIDIA driver" in ens.device_note
+    assert ens.predict(real_pages(2)).fold_probs.shape == (2, 4)
