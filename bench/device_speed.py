@@ -50,11 +50,11 @@ def main() -> None:
             print(f"| {device} | not measured: {ensemble.device_note} | | |")
             continue
         cold = [run_cold(process) for _ in range(args.repeats)]
-        seconds = [t for t, _ in cold]
+        seconds = [run[0] for run in cold]  # run_cold: (seconds, peak RSS MB, stdout)
         best, median = best_and_median(lambda e=ensemble: e.predict(pages), args.repeats)
         label = f"{device} ({ensemble.provider}, {args.threads} threads)" if device == "cpu" else ensemble.provider
         print(f"| {label} | {statistics.median(seconds):.2f} ({min(seconds):.2f}-{max(seconds):.2f}) | "
-              f"{max(rss for _, rss in cold):.0f} | {best:.3f} ({median:.3f}) |", flush=True)
+              f"{max(run[1] for run in cold):.0f} | {best:.3f} ({median:.3f}) |", flush=True)
 
 if __name__ == "__main__":
     main()
