@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from training.augment import augment, mixup
 from training.checkpoint import WEIGHTS_FILE, init_weights, load_weights_only, save_checkpoint
-from training.data import PatchSet, load_split
+from training.data import ManifestError, PatchSet, load_split
 from training.folds import Fold, make_folds
 from training.heads import DomainHead, ProjectionHead, dann_schedule
 from training.losses import (
@@ -271,6 +271,9 @@ def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray | None, recipe: Rec
         print(f"[{fold.name}] finished earlier, skipped")
         return folder
     train_idx, val_idx, _ = fold.indices(data.domains, data.slides)
+    if not len(train_idx) or not len(val_idx):  # selection needs a validation part
+        raise ManifestError(f"fold {fold.name}: {len(train_idx)} training and {len(val_idx)} validation patches in "
+                            f"the data (domains: {', '.join(sorted(set(data.domains)))})")
     train, val = data.subset(train_idx), data.subset(val_idx)
     weights = inverse_frequency_weights(train.labels)
     domain_names = sorted(set(train.domains))  # the domain head's classes (validation ids are never used)

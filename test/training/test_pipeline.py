@@ -190,3 +190,13 @@ def test_training_is_reproducible_with_the_same_seed(tmp_path):
 
     a, b = run(tmp_path / "a"), run(tmp_path / "b")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_fold_without_validation_patches_is_refused_before_training(patches, tmp_path):
+    from training.data import ManifestError
+    from training.folds import Fold
+
+    fold = Fold(val_domain="midog25-canine-lymphoma", train_domains=("tupac16",))
+    with pytest.raises(ManifestError, match=r"val-midog25-canine-lymphoma: 4 training and 0 validation patches"):
+        train.train_fold(fold, patches, None, Recipe(network=SMALL), tmp_path, train.RunOptions())
+    assert not any(tmp_path.iterdir())
