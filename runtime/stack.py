@@ -25,9 +25,14 @@ Memory: the stack is converted CHUNK_BYTES of decoded pixels at a time into the 
 
 from __future__ import annotations
 
+import contextlib
 import mmap
+import os
 import re
 import struct
+import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,9 +61,11 @@ def read_stack(path: str | Path, size: int = PATCH_SIZE) -> np.ndarray:
     reader.SetImageIO("TIFFImageIO" if is_tiff else "MetaImageIO")
     reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
+        with _libtiff_messages() as printed:
+            reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise InputError(f"{path}: not a readable {'TIFF' if is_tiff else 'MetaImage'} ({_itk_message(exc)})") from None
+        raise InputError(f"{path}: not a readable {'TIFF' if is_tiff else 'MetaImage'} "
+                         f"({_itk_message(exc, printed)})") from None
     dims, channels = list(reader.GetSize()), reader.GetNumberOfComponents()
     dtype = _pixel_dtype(sitk, reader.GetPixelID(), path)
     if len(dims) not in (2, 3):
@@ -139,10 +146,31 @@ def _convert(decoded: np.ndarray, channels: int, palette: bool, out: np.ndarray)
 
 def _execute(reader, path: Path):
     try:
-        return reader.Execute()
+        with _libtiff_messages() as printed:
+            return reader.Execute()
     except RuntimeError as exc:
         raise InputError(f"{path}: cannot read the pixel data, truncated or corrupt file "
-                         f"({_itk_message(exc)})") from None
+                         f"({_itk_message(exc, printed)})") from None
+
+
+@contextlib.contextmanager
+def _libtiff_messages() -> Iterator[list[str]]:
+    """What the C libraries print on file descriptor 2 while ITK reads (libtiff's default handlers write
+    e.g. "ZIPDecode: Decoding error ..." there): captured, so that stderr keeps one line per error, and added to
+    that line when the read fails; dropped when it succeeds (the run stays silent)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(prefix="amf-stderr-") as captured:
+        os.dup2(captured.fileno(), 2)
+        printed: list[str] = []
+        try:
+            yield printed
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            printed.extend(line.strip() for line in captured.read().decode(errors="replace").splitlines()
+                           if line.strip())
 
 
 def _pixel_dtype(sitk, pixel_id: int, path: Path) -> np.dtype:
@@ -153,13 +181,16 @@ def _pixel_dtype(sitk, pixel_id: int, path: Path) -> np.dtype:
     raise InputError(f"{path}: unsupported pixel type ({sitk.GetPixelIDValueAsString(pixel_id)})")
 
 
-def _itk_message(exc: BaseException) -> str:
-    """The useful part of an ITK exception (no source paths, object addresses or stale errno)."""
+def _itk_message(exc: BaseException, printed: list[str] = ()) -> str:
+    """The useful part of an ITK exception (no source paths, object addresses or stale errno), after what the
+    C libraries printed while reading (e.g. libtiff's decoder message)."""
+    found = type(exc).__name__
     for line in str(exc).splitlines():
         match = re.search(r"(?:ITK ERROR: \w+\(0x[0-9a-f]+\)|sitk::ERROR):\s*(.+)", line)
         if match:
-            return match.group(1).strip()[:200]
-    return type(exc).__name__
+            found = match.group(1).strip()
+            break
+    return "; ".join([*printed[:2], found])[:300]
 
 
 @dataclass(frozen=True)

@@ -427,3 +427,18 @@ def test_evaluator_rules_reject_malformed_results():
             validate_results(bad)
     with pytest.raises(ValueError):
         validate_results([{"class": "normal", "confidence": 0.2}], 2)
+
+
+def test_a_corrupt_compressed_stack_is_one_line_on_stderr_with_the_decoders_message(gc_input, tiny_weights, tmp_path,
+                                                                                    capfd):
+    """libtiff's default handler prints decoder errors on file descriptor 2: they join the one error line."""
+    stack = next((gc_input / "images").rglob("stack.tif"))
+    data = bytearray(stack.read_bytes())
+    for i in range(2000, 6000, 97):  # inside the first page's deflate stream
+        data[i] ^= 0x5A
+    stack.write_bytes(bytes(data))
+    code = process.main(["--input", str(gc_input), "--output", str(tmp_path / "out"), "--weights", str(tiny_weights)])
+    err = capfd.readouterr().err
+    assert code == process.EXIT_INPUT and not (tmp_path / "out" / OUTPUT_FILE).exists()
+    assert len(err.splitlines()) == 1 and err.startswith(f"input error: {stack}: cannot read the pixel data")
+    assert "ZIPDecode" in err
