@@ -158,9 +158,14 @@ def _libtiff_messages() -> Iterator[list[str]]:
     """What the C libraries print on file descriptor 2 while ITK reads (libtiff's default handlers write
     e.g. "ZIPDecode: Decoding error ..." there): captured, so that stderr keeps one line per error, and added to
     that line when the read fails; dropped when it succeeds (the run stays silent)."""
+    try:
+        captured_file = tempfile.TemporaryFile(prefix="amf-stderr-")
+    except OSError:  # no writable temporary folder: read as it is
+        yield []
+        return
     sys.stderr.flush()
     saved = os.dup(2)
-    with tempfile.TemporaryFile(prefix="amf-stderr-") as captured:
+    with captured_file as captured:
         os.dup2(captured.fileno(), 2)
         printed: list[str] = []
         try:
