@@ -4,9 +4,10 @@ reference container (timm EfficientNetV2-M, 224 px, page by page, PyTorch eager,
     python bench/inference_speed.py [--repeats 7] [--weights weights] [--input test/input]
 
 (a) cold: each system as a whole new process (interpreter, imports, model load, read, infer, write), on the
-    16-page stack and on a 1-page stack, runs alternated system by system, median of --repeats; peak RSS of
-    each process (wait4 rusage); and where process.py's cold time goes (interpreter, imports, then its own
-    read / load / inference + write timings);
+    16-page stack and on a 1-page stack (the int8 ensemble also without its CPU graph, as it loaded before),
+    runs alternated system by system, median of --repeats; peak RSS of each process (wait4 rusage); and where
+    process.py's cold time goes (interpreter, imports, then its own read / load / inference + write timings;
+    the read runs in a child process beside the load);
 (b) warm: per-stack latency (16 pages and 1 page) and throughput (256-patch batches) in one process.
 The weight-only graph is made from the shipped one (its weights expanded, then int8 weights only). Prints
 Markdown tables. Run it on quiet cores: not while a training run shares them.
@@ -28,8 +29,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-PHASES = {"read": r"pages read in ([\d.]+) s", "load": r"loaded in ([\d.]+) s",
+PHASES = {"load (the stack is read beside it)": r"loaded in ([\d.]+) s",
           "inference + write": r"inference \+ write ([\d.]+) s"}  # process.py's own timings, from its stdout
+READ = r"pages read in ([\d.]+) s"
 
 
 def run_cold(cmd: list[str]) -> tuple[float, float, str]:
@@ -57,15 +59,35 @@ def one_page_input(pages: np.ndarray, folder: Path) -> Path:
     return folder
 
 
+def spec_without_cpu_graph(weights: Path, folder: Path) -> None:
+    import json
+
+    from runtime.contract import SPEC_FILE
+
+    spec = json.loads((weights / SPEC_FILE).read_text())
+    spec.pop("cpu_model_file", None)
+    (folder / SPEC_FILE).write_text(json.dumps(spec))
+
+
+def standard_graph_twin(weights: Path, folder: Path) -> Path:
+    """The shipped ensemble without its CPU graph: the CPU session fuses the QDQ graph at every start."""
+    from runtime.contract import MODEL_FILE
+
+    folder.mkdir(parents=True)
+    (folder / MODEL_FILE).symlink_to((weights / MODEL_FILE).resolve())
+    spec_without_cpu_graph(weights, folder)
+    return folder
+
+
 def weight_only_twin(weights: Path, folder: Path) -> Path:
     """The shipped ensemble with float activations and int8 weights only (the earlier export), for comparison;
     made in a child process, so that this one stays small for the cold runs' peak-RSS figures."""
-    script = ("import shutil, sys, onnx; from pathlib import Path; from runtime.contract import MODEL_FILE, SPEC_FILE; "
+    script = ("import sys, onnx; from pathlib import Path; from runtime.contract import MODEL_FILE; "
               "from training.quantize import expand_weights, quantize_weights; w, f = map(Path, sys.argv[1:]); "
               "f.mkdir(parents=True, exist_ok=True); "
-              "onnx.save(quantize_weights(expand_weights(onnx.load(str(w / MODEL_FILE)))), str(f / MODEL_FILE)); "
-              "shutil.copy(w / SPEC_FILE, f / SPEC_FILE)")
+              "onnx.save(quantize_weights(expand_weights(onnx.load(str(w / MODEL_FILE)))), str(f / MODEL_FILE))")
     subprocess.run([sys.executable, "-c", script, str(weights), str(folder)], cwd=ROOT, check=True)
+    spec_without_cpu_graph(weights, folder)
     return folder
 
 
@@ -95,6 +117,7 @@ def main() -> None:
     pages = read_stack(find_stack(args.input))
     tmp = Path(tempfile.mkdtemp(prefix="amf-bench-"))
     twin = weight_only_twin(weights, tmp / "weight-only")
+    standard = standard_graph_twin(weights, tmp / "standard")
     single = one_page_input(pages, tmp / "one-page")
     py, out = sys.executable, str(tmp / "out")
 
@@ -106,6 +129,7 @@ def main() -> None:
 
     systems = {
         "int8 (process.py)": ours(weights, args.input),
+        "int8, QDQ graph fused at load (process.py)": ours(standard, args.input),
         "int8 weights only (process.py)": ours(twin, args.input),
         "reference stand-in": reference(args.input),
         "int8 (process.py), 1 page": ours(weights, single),
@@ -121,21 +145,26 @@ def main() -> None:
     median = {k: statistics.median(r[0] for r in v) for k, v in cold.items()}
     print(f"## (a) cold: whole processes, alternated, median of {args.repeats}")
     print("| system | median s | min s | max s | peak RSS MB | reference / this |\n|---|---|---|---|---|---|")
-    for name in list(systems)[:5]:
+    for name in list(systems)[:6]:
         t = [r[0] for r in cold[name]]
         ref = median["reference stand-in, 1 page" if name.endswith("1 page") else "reference stand-in"]
         print(f"| {name} | {median[name]:.3f} | {min(t):.3f} | {max(t):.3f} | "
               f"{max(r[1] for r in cold[name]):.0f} | {ref / median[name]:.1f}x |")
-    print("\nwhere process.py's cold 16-page time goes (medians):")
-    phases = {"interpreter (python -c pass)": median["python -c pass"],
+    print("\nwhere process.py's cold 16-page time goes (medians): CPU graph | QDQ graph fused at load")
+    shared = {"interpreter (python -c pass)": median["python -c pass"],
               "imports (python -c 'import process', less the interpreter)":
                   median["python -c 'import process'"] - median["python -c pass"]}
-    for phase, pattern in PHASES.items():
-        phases[phase] = statistics.median(float(re.search(pattern, r[2]).group(1)) for r in cold["int8 (process.py)"])
-    phases["the rest (argument parsing, exit)"] = median["int8 (process.py)"] - sum(phases.values())
-    print("| phase | s |\n|---|---|")
-    for phase, seconds in phases.items():
-        print(f"| {phase} | {seconds:.3f} |")
+    print("| phase | CPU graph s | QDQ graph s |\n|---|---|---|")
+    phases = {name: dict(shared) for name in ("int8 (process.py)", "int8, QDQ graph fused at load (process.py)")}
+    for name, table in phases.items():
+        for phase, pattern in PHASES.items():
+            table[phase] = statistics.median(float(re.search(pattern, r[2]).group(1)) for r in cold[name])
+        table["the rest (argument parsing, finding the stack, exit)"] = median[name] - sum(table.values())
+        table["stack read, in a child process during the load"] = statistics.median(
+            float(re.search(READ, r[2]).group(1)) for r in cold[name])
+    ours_cpu, ours_qdq = phases.values()
+    for phase in ours_cpu:
+        print(f"| {phase} | {ours_cpu[phase]:.3f} | {ours_qdq[phase]:.3f} |")
 
     import torch
 

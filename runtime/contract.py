@@ -3,7 +3,9 @@
 ``<weights>/ensemble.json``, the ensemble spec::
 
     {"format": "amf-mtl-ensemble", "version": 1,
-     "model_file": "ensemble.onnx",   # beside the spec
+     "model_file": "ensemble.onnx",   # beside the spec: standard ONNX, int8 in QDQ form (any provider)
+     "cpu_model_file": "ensemble.cpu.onnx",  # optional: the same graph with the CPU provider's fusions
+                                      # applied; its tensors are read from model_file (training/cpu_graph.py)
      "input_name": "image",           # uint8 [N, 128, 128, 3] RGB, NHWC, N dynamic
      "output_name": "prob",           # float32 [N, F]: P(atypical) per fold model (the graph also has "logit")
      "patch_size": 128,
@@ -13,7 +15,8 @@
      "provenance": {...}}             # free-form: sources, commit, size, parity figures
 
 Scaling to [0, 1], normalisation and layout live inside the ONNX graph: the runtime feeds the uint8 pages as
-read, so it cannot preprocess differently from training.
+read, so it cannot preprocess differently from training. The three files are one unit: export writes them
+together, and the CPU graph reads its weights from the bytes of ``model_file``.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import numpy as np
 from runtime.errors import ModelError
 
 SPEC_FILE = "ensemble.json"
-MODEL_FILE = "ensemble.onnx"
+MODEL_FILE, CPU_MODEL_FILE = "ensemble.onnx", "ensemble.cpu.onnx"
 FORMAT, VERSION = "amf-mtl-ensemble", 1
 PATCH_SIZE = 128
 INPUT_NAME = "image"
@@ -42,10 +45,11 @@ SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 
 @dataclass(frozen=True)
 class EnsembleSpec:
-    """A checked ensemble spec: the model file, one threshold per fold (in output column order), TTA mode."""
+    """A checked ensemble spec: the model files, one threshold per fold (in output column order), TTA mode."""
 
     path: Path
     model_file: Path
+    cpu_model_file: Path | None  # None: CPU sessions load model_file too
     fold_names: list[str]
     thresholds: np.ndarray
     tta: str
@@ -54,11 +58,13 @@ class EnsembleSpec:
     output_name: str
 
 
-def make_spec(folds: list[dict], tta: str, provenance: dict) -> dict:
-    """The spec export writes: ``folds`` are dicts with at least ``name`` and ``threshold``."""
+def make_spec(folds: list[dict], tta: str, provenance: dict, cpu_graph: bool = True) -> dict:
+    """The spec export writes: ``folds`` are dicts with at least ``name`` and ``threshold``; ``cpu_graph``:
+    CPU_MODEL_FILE is written beside MODEL_FILE."""
     if tta not in TTA_MODES:
         raise ValueError(f"unknown tta {tta!r} ({' | '.join(TTA_MODES)})")
-    return {"format": FORMAT, "version": VERSION, "model_file": MODEL_FILE, "input_name": INPUT_NAME,
+    return {"format": FORMAT, "version": VERSION, "model_file": MODEL_FILE,
+            **({"cpu_model_file": CPU_MODEL_FILE} if cpu_graph else {}), "input_name": INPUT_NAME,
             "output_name": PROB_OUTPUT, "patch_size": PATCH_SIZE, "folds": folds, **VOTE_RULE, "tta": tta,
             "provenance": provenance}
 
@@ -69,7 +75,9 @@ def read_spec(folder: str | Path) -> EnsembleSpec:
     try:
         doc = json.loads(path.read_text())
         spec = EnsembleSpec(
-            path=path, model_file=path.parent / doc["model_file"], fold_names=[f["name"] for f in doc["folds"]],
+            path=path, model_file=path.parent / doc["model_file"],
+            cpu_model_file=path.parent / doc["cpu_model_file"] if doc.get("cpu_model_file") else None,
+            fold_names=[f["name"] for f in doc["folds"]],
             thresholds=np.array([f["threshold"] for f in doc["folds"]], np.float64), tta=doc.get("tta", "none"),
             patch_size=int(doc.get("patch_size", PATCH_SIZE)), input_name=doc.get("input_name", INPUT_NAME),
             output_name=doc.get("output_name", PROB_OUTPUT))

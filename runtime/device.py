@@ -45,6 +45,13 @@ def wants_cuda(n_pages: int | None = None) -> bool:
     return (n_pages is None or n_pages >= min_pages) and gpu_visible()
 
 
+def choice_needs_page_count() -> bool:
+    """Whether :func:`wants_cuda` must know the stack's size: on auto, with a GPU visible and
+    AMF_GPU_MIN_PAGES above 1."""
+    return (os.environ.get("AMF_DEVICE", "auto").lower() not in ("cpu", "cuda")
+            and int(os.environ.get("AMF_GPU_MIN_PAGES", 1)) > 1 and gpu_visible())
+
+
 def gpu_visible() -> bool:
     """NVIDIA device nodes exist: a GPU is passed to this container."""
     return any(Path("/dev").glob("nvidia[0-9]*"))
@@ -84,8 +91,9 @@ def cuda_problem(ort: ModuleType, libcuda: str = "libcuda.so.1") -> str | None:
     return None
 
 
-def create_session(ort: ModuleType, model_file: Path, options, want_cuda: bool):
-    """(session, note): on CUDA when wanted and able, else on the CPU with ``note`` saying why not."""
+def create_session(ort: ModuleType, model_file: Path, options, want_cuda: bool, cpu_model_file: Path | None = None):
+    """(session, note): on CUDA when wanted and able, else on the CPU with ``note`` saying why not. A CPU
+    session loads ``cpu_model_file`` when given (the same graph, fused for the CPU provider)."""
     note = cuda_problem(ort) if want_cuda else None
     if want_cuda and note is None:
         if hasattr(ort, "preload_dlls"):
@@ -99,7 +107,7 @@ def create_session(ort: ModuleType, model_file: Path, options, want_cuda: bool):
             if session.get_providers()[0] == CUDA:
                 return session, None
             note = "the CUDA provider's libraries did not load"
-    return ort.InferenceSession(str(model_file), options, providers=[CPU]), note
+    return ort.InferenceSession(str(cpu_model_file or model_file), options, providers=[CPU]), note
 
 
 def _first_line(exc: Exception) -> str:

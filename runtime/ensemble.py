@@ -12,7 +12,7 @@ import numpy as np
 
 from runtime import tta
 from runtime.contract import TTA_VIEWS, read_spec
-from runtime.device import cpu_threads, create_session, load_onnxruntime, wants_cuda
+from runtime.device import CPU, cpu_threads, create_session, load_onnxruntime, wants_cuda
 from runtime.errors import ModelError
 from runtime.vote import vote
 
@@ -53,9 +53,12 @@ class Ensemble:
         self.device_note: str | None = None
         try:
             if providers is None:
-                self.session, self.device_note = create_session(ort, self.model_file, options, wants_cuda(n_pages))
+                self.session, self.device_note = create_session(ort, self.model_file, options, wants_cuda(n_pages),
+                                                                self.spec.cpu_model_file)
             else:
-                self.session = ort.InferenceSession(str(self.model_file), options, providers=providers)
+                on_cpu = providers[0] == CPU and self.spec.cpu_model_file
+                self.session = ort.InferenceSession(str(self.spec.cpu_model_file if on_cpu else self.model_file),
+                                                    options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
             raise ModelError(f"{self.model_file}: cannot load the ONNX ensemble ({exc})") from None
         inputs, outputs = [i.name for i in self.session.get_inputs()], [o.name for o in self.session.get_outputs()]
@@ -63,6 +66,8 @@ class Ensemble:
             raise ModelError(f"{self.model_file}: expected input {self.spec.input_name!r} and output "
                              f"{self.spec.output_name!r}, the graph has inputs {inputs} and outputs {outputs}")
         self.provider = self.session.get_providers()[0]
+        if self.provider == CPU and self.spec.cpu_model_file:
+            self.model_file = self.spec.cpu_model_file
 
     def probabilities(self, pages: np.ndarray) -> np.ndarray:
         """uint8 [N, S, S, 3] -> float32 [N, F]: P(atypical) per fold (with TTA: the mean over the views)."""

@@ -86,6 +86,33 @@ def make_tiny_ensemble(folder: Path, offsets=(0.0, 0.2, -0.2, 0.4), tta: str = "
     return folder
 
 
+def tiny_conv_graph(seed: int = 0, channels: int = 8) -> onnx.ModelProto:
+    """A float graph with the ensemble's interface: uint8 [N,128,128,3] -> Conv 3x3 (3 -> ``channels``, stride 4)
+    -> Relu -> global mean -> Gemm (``channels`` -> 2) -> prob, logit."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (channels, 3, 3, 3)).astype(np.float32), "conv_w"),
+             numpy_helper.from_array(rng.normal(0, 0.1, channels).astype(np.float32), "conv_b"),
+             numpy_helper.from_array(rng.normal(0, 1.0, (2, channels)).astype(np.float32), "fc_w"),
+             numpy_helper.from_array(np.array([0.1, -0.2], np.float32), "fc_b"),
+             numpy_helper.from_array(np.array(1 / 255, np.float32), "scale")]
+    nodes = [helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["f", "scale"], ["x01"]),
+             helper.make_node("Transpose", ["x01"], ["x"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["x", "conv_w", "conv_b"], ["c"], strides=[4, 4], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["v"]),
+             helper.make_node("Gemm", ["v", "fc_w", "fc_b"], ["logit"], transB=1),
+             helper.make_node("Sigmoid", ["logit"], ["prob"])]
+    graph = helper.make_graph(nodes, "tiny-conv",
+                              [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 128, 128, 3])],
+                              [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 2]),
+                               helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["N", 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    return model
+
+
 def tiny_model_probs(pages: np.ndarray, offsets=(0.0, 0.2, -0.2, 0.4), corner: int | None = None) -> np.ndarray:
     """What make_tiny_ensemble's model computes, in numpy: float64 [N, F] (float32 in the model's output)."""
     region = pages[:, :corner, :corner] if corner else pages

@@ -5,8 +5,9 @@
 Steps: fold checkpoints -> pruned networks (encoder + classifier) -> one float graph on a shared uint8 NHWC
 input (scaling and normalisation inside) with outputs ``prob`` and ``logit`` [N, F] -> int8 (training/quantize.py:
 static by default, calibrated on a fixed, seeded sample of the manifest's training split) -> the accuracy guard
-(per fold, int8 vs float balanced accuracy on its own validation part of that split) and parity (logits vs
-the float model) -> the ensemble spec ``ensemble.json``. What is written, and how the runtime reads it:
+(per fold, int8 vs float balanced accuracy on its own validation part of that split, scored through the CPU
+graph: training/cpu_graph.py) and parity (probabilities vs the float model; CPU graph vs standard graph) -> the
+ensemble spec ``ensemble.json``. What is written, and how the runtime reads it:
 runtime/contract.py.
 
 A source that is an exported ensemble (a folder with ``ensemble.json``) is re-quantised from its own graph, its
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from runtime.contract import (
+    CPU_MODEL_FILE,
     INPUT_NAME,
     LOGIT_OUTPUT,
     MODEL_FILE,
@@ -37,6 +39,7 @@ from runtime.contract import (
     make_spec,
 )
 from training.checkpoint import find_fold_checkpoints, load_pruned
+from training.cpu_graph import write_cpu_graph
 from training.data import PatchSet, load_split
 from training.network import to_input
 from training.quantize import (
@@ -49,6 +52,7 @@ from training.quantize import (
 )
 
 OPSET = 18
+CPU_GRAPH_CHECK = 272  # the last patches of the guard's run (16 random pages among them), scored by both graphs
 CALIBRATION_PATCHES, CALIBRATION_METHOD, CALIBRATION_SEED = 256, "minmax", 0  # chosen on validation: README
 
 
@@ -110,30 +114,45 @@ def parity(reference: np.ndarray, got: np.ndarray) -> dict:
 def export_ensemble(sources: list[str | Path], out: str | Path, data: PatchSet, *, tta: str = "none",
                     mode: str = "static", method: str = CALIBRATION_METHOD, patches: int = CALIBRATION_PATCHES,
                     seed: int = CALIBRATION_SEED, enforce_guard: bool = True) -> dict:
-    """Write ``<out>/ensemble.onnx`` + ``ensemble.json``. ``data``: labelled training patches, which calibrate
-    (static mode) and hold each fold's validation part for the accuracy guard."""
+    """Write ``<out>/ensemble.onnx``, its CPU graph ``ensemble.cpu.onnx`` (when it holds no weights of its own:
+    training/cpu_graph.py) and ``ensemble.json``. ``data``:
+    labelled training patches, which calibrate (static mode) and hold each fold's validation part for the
+    accuracy guard. The guard scores the CPU graph, as the container runs it; nothing is written when it fails."""
     out = Path(out)
     reference, folds, sources_used = float_graph(sources)
     sample = calibration_sample(data.images, patches, seed)
     model = quantize(onnx.ModelProto.FromString(reference.SerializeToString()), mode, sample, method)
     random = np.random.default_rng(0).integers(0, 256, (16, PATCH_SIZE, PATCH_SIZE, 3), dtype=np.uint8)
     images = np.concatenate([data.images, random])  # one session per graph: the data, then 16 random pages
-    (float_probs, float_random), (int8_probs, int8_random) = (
-        np.split(fold_probabilities(graph, images), [len(data)]) for graph in (reference, model))
-    guard = accuracy_guard(validation_ba(float_probs, data, folds), validation_ba(int8_probs, data, folds))
-    if enforce_guard and not guard["holds"]:
-        raise GuardError(f"int8 vs float validation BA outside the guard: {guard_table(folds, guard)}")
-    checks = {"random": parity(float_random, int8_random), "real": parity(float_probs, int8_probs)}
     out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        model_path, cpu_path = Path(tmp) / MODEL_FILE, Path(tmp) / CPU_MODEL_FILE
+        onnx.save(model, str(model_path))
+        has_cpu_graph = write_cpu_graph(model_path, cpu_path)
+        (float_probs, float_random), (int8_probs, int8_random) = (
+            np.split(fold_probabilities(graph, images), [len(data)])
+            for graph in (reference, cpu_path if has_cpu_graph else model_path))
+        guard = accuracy_guard(validation_ba(float_probs, data, folds), validation_ba(int8_probs, data, folds))
+        if enforce_guard and not guard["holds"]:
+            raise GuardError(f"int8 vs float validation BA outside the guard: {guard_table(folds, guard)}")
+        cpu_graph = None
+        if has_cpu_graph:  # the standard graph (CUDA's) answers as the CPU graph does
+            cpu_graph = parity(np.concatenate([int8_probs, int8_random])[-CPU_GRAPH_CHECK:],
+                               fold_probabilities(model_path, images[-CPU_GRAPH_CHECK:]))
+            if cpu_graph["max_abs_prob_delta"] > 1e-4:
+                raise GuardError(f"the CPU graph and the standard graph disagree: {cpu_graph}")
+        (out / CPU_MODEL_FILE).unlink(missing_ok=True)  # an earlier export's
+        for path in (model_path, cpu_path) if has_cpu_graph else (model_path,):
+            path.replace(out / path.name)
     model_path = out / MODEL_FILE
-    onnx.save(model, str(model_path))
-    spec = make_spec(folds, tta, provenance={
+    checks = {"random": parity(float_random, int8_random), "real": parity(float_probs, int8_probs)}
+    spec = make_spec(folds, tta, cpu_graph=has_cpu_graph, provenance={
         "sources": sources_used, "git_commit": _git_commit(),
         "model_sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(), "model_bytes": model_path.stat().st_size,
         "quantization": {"mode": mode, **({"method": method, "calibration_patches": int(len(sample)),
                                            "calibration_seed": seed} if mode == "static" else {}),
                          "data": f"{len(data)} labelled patches (calibration sample and validation parts)"},
-        "accuracy_guard": guard, "parity_vs_float": checks,
+        "accuracy_guard": guard, "parity_vs_float": checks, "cpu_graph_vs_standard": cpu_graph,
     })
     (out / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
     return spec
@@ -161,6 +180,7 @@ def run(args: argparse.Namespace) -> None:
     print(f"wrote {Path(args.out) / MODEL_FILE}: {len(doc['folds'])} fold models, {prov['model_bytes'] / 1e6:.1f} MB, "
           f"{args.quantize} int8")
     print(f"accuracy guard: {guard_table(doc['folds'], prov['accuracy_guard'])}")
-    for name, c in prov["parity_vs_float"].items():
+    cpu_graph = {"CPU graph vs standard": prov["cpu_graph_vs_standard"]} if prov["cpu_graph_vs_standard"] else {}
+    for name, c in {**prov["parity_vs_float"], **cpu_graph}.items():
         print(f"parity {name}: {c['patches']} patches, max |dP| = {c['max_abs_prob_delta']:.4g}, "
               f"class agreement = {c['class_agreement']:.4f}")

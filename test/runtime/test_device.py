@@ -11,6 +11,16 @@ from runtime import device
 from runtime.ensemble import Ensemble
 
 
+def device_env(monkeypatch, setting: str, gpu: bool, min_pages: str | None) -> None:
+    """AMF_DEVICE, AMF_GPU_MIN_PAGES (None: unset) and whether a GPU is visible."""
+    monkeypatch.setenv("AMF_DEVICE", setting)
+    if min_pages is None:
+        monkeypatch.delenv("AMF_GPU_MIN_PAGES", raising=False)
+    else:
+        monkeypatch.setenv("AMF_GPU_MIN_PAGES", min_pages)
+    monkeypatch.setattr(device, "gpu_visible", lambda: gpu)
+
+
 @pytest.mark.parametrize("setting, gpu, n_pages, min_pages, expected", [
     ("cpu", True, 16, None, False),
     ("cuda", False, 16, None, True),
@@ -21,12 +31,7 @@ from runtime.ensemble import Ensemble
     ("auto", True, None, "8", True),
 ])
 def test_device_choice(setting, gpu, n_pages, min_pages, expected, monkeypatch):
-    monkeypatch.setenv("AMF_DEVICE", setting)
-    if min_pages is None:
-        monkeypatch.delenv("AMF_GPU_MIN_PAGES", raising=False)
-    else:
-        monkeypatch.setenv("AMF_GPU_MIN_PAGES", min_pages)
-    monkeypatch.setattr(device, "gpu_visible", lambda: gpu)
+    device_env(monkeypatch, setting, gpu, min_pages)
     assert device.wants_cuda(n_pages) is expected
 
 
@@ -56,12 +61,14 @@ class StandInOrt:
 
     def __init__(self, fails_with: Exception | None = None, comes_up_on: str = device.CUDA) -> None:
         self.fails_with, self.comes_up_on, self.calls, self.preloaded = fails_with, comes_up_on, [], False
+        self.paths: list[str] = []
 
     def preload_dlls(self) -> None:
         self.preloaded = True
 
     def InferenceSession(self, path, options, providers, enable_fallback=1):  # noqa: N802 - onnxruntime's name
         self.calls.append(providers)
+        self.paths.append(path)
         if providers[0] != device.CPU and self.fails_with is not None:
             raise self.fails_with
         first = providers[0] if isinstance(providers[0], str) else providers[0][0]
@@ -108,3 +115,26 @@ def test_cuda_that_cannot_start_falls_back_to_the_cpu_with_the_reason(tmp_path, 
     assert ens.provider == "CPUExecutionProvider"
     assert "CPU build" in ens.device_note or "no NVIDIA driver" in ens.device_note
     assert ens.predict(real_pages(2)).fold_probs.shape == (2, 4)
+
+
+def test_cpu_sessions_load_the_cpu_graph_and_cuda_the_standard_one(monkeypatch):
+    monkeypatch.setattr(device, "cuda_problem", lambda ort: None)
+    ort = StandInOrt()
+    device.create_session(ort, "m.onnx", None, want_cuda=True, cpu_model_file="m.cpu.onnx")
+    assert ort.paths == ["m.onnx"]
+    ort = StandInOrt(fails_with=RuntimeError("CUDA failure 100: no CUDA-capable device is detected"))
+    device.create_session(ort, "m.onnx", None, want_cuda=True, cpu_model_file="m.cpu.onnx")
+    assert ort.paths == ["m.onnx", "m.cpu.onnx"]
+    ort = StandInOrt()
+    device.create_session(ort, "m.onnx", None, want_cuda=False, cpu_model_file="m.cpu.onnx")
+    device.create_session(ort, "m.onnx", None, want_cuda=False)
+    assert ort.paths == ["m.cpu.onnx", "m.onnx"]
+
+
+@pytest.mark.parametrize("setting, gpu, min_pages, expected", [
+    ("auto", True, "8", True), ("auto", True, None, False), ("auto", False, "8", False), ("cpu", True, "8", False),
+    ("cuda", True, "8", False),
+])
+def test_page_count_matters_only_for_a_visible_gpu_with_a_minimum(setting, gpu, min_pages, expected, monkeypatch):
+    device_env(monkeypatch, setting, gpu, min_pages)
+    assert device.choice_needs_page_count() is expected

@@ -107,6 +107,26 @@ def test_shipped_graph_answers_a_page_the_same_alone_and_in_a_batch():
         np.testing.assert_allclose(ens.probabilities(pages[i:i + 1])[0], batch[i], atol=1e-4)
 
 
+def test_shipped_cpu_graph_is_the_standard_graph_fused_without_its_own_weights():
+    """The CPU session loads ensemble.cpu.onnx, whose tensors are read from ensemble.onnx's bytes: it must answer
+    as the standard graph (the one the CUDA provider loads) does, to the last bit on the same provider."""
+    import onnx
+    import onnxruntime as ort
+
+    weights = ROOT / "weights"
+    ens = Ensemble(weights, providers=CPU)
+    assert ens.model_file == weights / "ensemble.cpu.onnx"
+    fused = onnx.load(str(ens.model_file), load_external_data=False)
+    ops = {n.op_type for n in fused.graph.node}
+    assert "QLinearConv" in ops and "Conv" not in ops
+    external = [t for t in fused.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert {e.value for t in external for e in t.external_data if e.key == "location"} == {"ensemble.onnx"}
+    assert ens.model_file.stat().st_size < (weights / "ensemble.onnx").stat().st_size / 20
+    pages = real_pages(16)
+    standard = ort.InferenceSession(str(weights / "ensemble.onnx"), providers=CPU)
+    np.testing.assert_array_equal(ens.probabilities(pages), standard.run(["prob"], {"image": pages})[0])
+
+
 def test_vote_majority_tie_and_confidence():
     probs = np.array([[0.9, 0.8, 0.2, 0.1], [0.6, 0.9, 0.1, 0.1], [0.6, 0.9, 0.4, 0.3], [0.6, 0.6, 0.6, 0.0]])
     atypical, confidence = vote(probs, [0.5] * 4)

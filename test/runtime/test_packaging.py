@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -76,3 +77,9 @@ def test_scripts_are_executable():
                    "scripts/reproduce_default.sh", "bench/install_size.sh"):
         assert (ROOT / script).stat().st_mode & 0o111, script
         subprocess.run(["bash", "-n", str(ROOT / script)], check=True)
+
+
+def test_the_image_holds_every_file_the_shipped_spec_names():
+    spec = json.loads((ROOT / "weights" / "ensemble.json").read_text())
+    named = {f"weights/{spec[key]}" for key in ("model_file", "cpu_model_file")} | {"weights/ensemble.json"}
+    assert named <= set(copied_paths())

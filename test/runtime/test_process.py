@@ -344,6 +344,28 @@ def test_missing_weights_is_a_model_error(gc_input, tmp_path, capsys):
                    "ensemble.json")
 
 
+def test_input_error_is_reported_before_a_model_error(gc_input, tmp_path, capsys):
+    """The stack is read in a child process while the model loads: when both fail, the input is named, as when
+    the read came first."""
+    stack = next((gc_input / "images").rglob("stack.tif"))
+    stack.write_bytes(b"not a tiff")
+    assert_refused(*run_main(gc_input, tmp_path / "out", tmp_path / "nowhere", capsys), 2, "input error", str(stack))
+
+
+@pytest.mark.parametrize("page_count_first", [False, True])
+def test_stack_read_beside_the_model_load_unless_the_device_needs_the_page_count(page_count_first, gc_input,
+                                                                                 tiny_weights, tmp_path, capsys,
+                                                                                 monkeypatch):
+    monkeypatch.setattr(process, "choice_needs_page_count", lambda: page_count_first)
+    code = process.main(["--input", str(gc_input), "--output", str(tmp_path / "out"), "--weights", str(tiny_weights)])
+    out = capsys.readouterr().out
+    assert code == 0 and ("in a child process" in out) is not page_count_first
+    result = json.loads((tmp_path / "out" / OUTPUT_FILE).read_text())
+    probs = tiny_model_probs(read_stack(next((gc_input / "images").rglob("*.tif"))))
+    assert [r["class"] == "atypical" for r in result] == vote(probs, [0.5] * 4)[0].tolist()
+    np.testing.assert_allclose([r["confidence"] for r in result], probs.mean(1), atol=1e-5)
+
+
 def test_missing_output_folder_is_created_and_an_unwritable_one_refused(gc_input, tiny_weights, tmp_path, capsys):
     code, err, result = run_main(gc_input, tmp_path / "new" / "deep", tiny_weights, capsys)
     assert code == 0 and len(result) == 16, err

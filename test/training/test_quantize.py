@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import real_pages
-from onnx import TensorProto, helper, numpy_helper
+from conftest import real_pages, tiny_conv_graph
+from onnx import TensorProto, numpy_helper
 
 from training.data import PatchSet
 from training.quantize import (
@@ -17,32 +17,6 @@ from training.quantize import (
     quantize,
     validation_ba,
 )
-
-
-def tiny_conv_graph(seed: int = 0) -> onnx.ModelProto:
-    """uint8 [N,128,128,3] -> Conv 3x3 (3 -> 8, stride 4) -> Relu -> global mean -> Gemm (8 -> 2) -> prob."""
-    rng = np.random.default_rng(seed)
-    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "conv_w"),
-             numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "conv_b"),
-             numpy_helper.from_array(rng.normal(0, 1.0, (2, 8)).astype(np.float32), "fc_w"),
-             numpy_helper.from_array(np.array([0.1, -0.2], np.float32), "fc_b"),
-             numpy_helper.from_array(np.array(1 / 255, np.float32), "scale")]
-    nodes = [helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
-             helper.make_node("Mul", ["f", "scale"], ["x01"]),
-             helper.make_node("Transpose", ["x01"], ["x"], perm=[0, 3, 1, 2]),
-             helper.make_node("Conv", ["x", "conv_w", "conv_b"], ["c"], strides=[4, 4], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c"], ["r"]),
-             helper.make_node("GlobalAveragePool", ["r"], ["g"]),
-             helper.make_node("Flatten", ["g"], ["v"]),
-             helper.make_node("Gemm", ["v", "fc_w", "fc_b"], ["logit"], transB=1),
-             helper.make_node("Sigmoid", ["logit"], ["prob"])]
-    graph = helper.make_graph(nodes, "tiny-conv",
-                              [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 128, 128, 3])],
-                              [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 2]),
-                               helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["N", 2])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    return model
 
 
 def copy(model: onnx.ModelProto) -> onnx.ModelProto:
