@@ -27,7 +27,7 @@ RUN python -m pip install --no-cache-dir -r "${REQUIREMENTS}"
 # The torch-free runtime only: the training package stays out of the image.
 COPY process.py ./
 COPY runtime/ ./runtime/
-COPY weights/ensemble.json weights/ensemble.onnx weights/ensemble.cpu.onnx ./weights/
+COPY weights/ensemble.json weights/ensemble.onnx weights/ensemble.cpu.*.onnx ./weights/
 
 USER 1001:1001
 

@@ -4,7 +4,7 @@ reference container (timm EfficientNetV2-M, 224 px, page by page, PyTorch eager,
     python bench/inference_speed.py [--repeats 7] [--weights weights] [--input test/input]
 
 (a) cold: each system as a whole new process (interpreter, imports, model load, read, infer, write), on the
-    16-page stack and on a 1-page stack (the int8 ensemble also without its CPU graph, as it loaded before),
+    16-page stack and on a 1-page stack (the int8 ensemble also without its CPU graphs, as it loaded before),
     runs alternated system by system, median of --repeats; peak RSS of each process (wait4 rusage); and where
     process.py's cold time goes (interpreter, imports, then its own read / load / inference + write timings;
     the read runs in a child process beside the load);
@@ -65,12 +65,12 @@ def spec_without_cpu_graph(weights: Path, folder: Path) -> None:
     from runtime.contract import SPEC_FILE
 
     spec = json.loads((weights / SPEC_FILE).read_text())
-    spec.pop("cpu_model_file", None)
+    spec.pop("cpu_model_files", None)
     (folder / SPEC_FILE).write_text(json.dumps(spec))
 
 
 def standard_graph_twin(weights: Path, folder: Path) -> Path:
-    """The shipped ensemble without its CPU graph: the CPU session fuses the QDQ graph at every start."""
+    """The shipped ensemble without its CPU graphs: one CPU session fuses the QDQ graph at every start."""
     from runtime.contract import MODEL_FILE
 
     folder.mkdir(parents=True)
@@ -150,11 +150,11 @@ def main() -> None:
         ref = median["reference stand-in, 1 page" if name.endswith("1 page") else "reference stand-in"]
         print(f"| {name} | {median[name]:.3f} | {min(t):.3f} | {max(t):.3f} | "
               f"{max(r[1] for r in cold[name]):.0f} | {ref / median[name]:.1f}x |")
-    print("\nwhere process.py's cold 16-page time goes (medians): CPU graph | QDQ graph fused at load")
+    print("\nwhere process.py's cold 16-page time goes (medians): CPU graphs | QDQ graph fused at load")
     shared = {"interpreter (python -c pass)": median["python -c pass"],
               "imports (python -c 'import process', less the interpreter)":
                   median["python -c 'import process'"] - median["python -c pass"]}
-    print("| phase | CPU graph s | QDQ graph s |\n|---|---|---|")
+    print("| phase | CPU graphs s | QDQ graph s |\n|---|---|---|")
     phases = {name: dict(shared) for name in ("int8 (process.py)", "int8, QDQ graph fused at load (process.py)")}
     for name, table in phases.items():
         for phase, pattern in PHASES.items():

@@ -4,8 +4,9 @@
 
     {"format": "amf-mtl-ensemble", "version": 1,
      "model_file": "ensemble.onnx",   # beside the spec: standard ONNX, int8 in QDQ form (any provider)
-     "cpu_model_file": "ensemble.cpu.onnx",  # optional: the same graph with the CPU provider's fusions
-                                      # applied; its tensors are read from model_file (training/cpu_graph.py)
+     "cpu_model_files": ["ensemble.cpu.0.onnx", ...],  # optional, one per fold in fold order: that fold's
+                                      # network with the CPU provider's fusions applied, output [N, 1]; their
+                                      # tensors are read from model_file's bytes (training/cpu_graph.py)
      "input_name": "image",           # uint8 [N, 128, 128, 3] RGB, NHWC, N dynamic
      "output_name": "prob",           # float32 [N, F]: P(atypical) per fold model (the graph also has "logit")
      "patch_size": 128,
@@ -15,8 +16,8 @@
      "provenance": {...}}             # free-form: sources, commit, size, parity figures
 
 Scaling to [0, 1], normalisation and layout live inside the ONNX graph: the runtime feeds the uint8 pages as
-read, so it cannot preprocess differently from training. The three files are one unit: export writes them
-together, and the CPU graph reads its weights from the bytes of ``model_file``.
+read, so it cannot preprocess differently from training. The files are one unit: export writes them together,
+and the CPU graphs read their weights from the bytes of ``model_file``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ import numpy as np
 from runtime.errors import ModelError
 
 SPEC_FILE = "ensemble.json"
-MODEL_FILE, CPU_MODEL_FILE = "ensemble.onnx", "ensemble.cpu.onnx"
+MODEL_FILE = "ensemble.onnx"
+CPU_MODEL_FILES = "ensemble.cpu.{}.onnx"  # formatted with the fold's column
 FORMAT, VERSION = "amf-mtl-ensemble", 1
 PATCH_SIZE = 128
 INPUT_NAME = "image"
@@ -49,7 +51,7 @@ class EnsembleSpec:
 
     path: Path
     model_file: Path
-    cpu_model_file: Path | None  # None: CPU sessions load model_file too
+    cpu_model_files: list[Path]  # one per fold; empty: CPU sessions load model_file too
     fold_names: list[str]
     thresholds: np.ndarray
     tta: str
@@ -58,13 +60,14 @@ class EnsembleSpec:
     output_name: str
 
 
-def make_spec(folds: list[dict], tta: str, provenance: dict, cpu_graph: bool = True) -> dict:
-    """The spec export writes: ``folds`` are dicts with at least ``name`` and ``threshold``; ``cpu_graph``:
-    CPU_MODEL_FILE is written beside MODEL_FILE."""
+def make_spec(folds: list[dict], tta: str, provenance: dict, cpu_graphs: bool = True) -> dict:
+    """The spec export writes: ``folds`` are dicts with at least ``name`` and ``threshold``; ``cpu_graphs``:
+    one CPU_MODEL_FILES per fold is written beside MODEL_FILE."""
     if tta not in TTA_MODES:
         raise ValueError(f"unknown tta {tta!r} ({' | '.join(TTA_MODES)})")
     return {"format": FORMAT, "version": VERSION, "model_file": MODEL_FILE,
-            **({"cpu_model_file": CPU_MODEL_FILE} if cpu_graph else {}), "input_name": INPUT_NAME,
+            **({"cpu_model_files": [CPU_MODEL_FILES.format(i) for i in range(len(folds))]} if cpu_graphs else {}),
+            "input_name": INPUT_NAME,
             "output_name": PROB_OUTPUT, "patch_size": PATCH_SIZE, "folds": folds, **VOTE_RULE, "tta": tta,
             "provenance": provenance}
 
@@ -76,7 +79,7 @@ def read_spec(folder: str | Path) -> EnsembleSpec:
         doc = json.loads(path.read_text())
         spec = EnsembleSpec(
             path=path, model_file=path.parent / doc["model_file"],
-            cpu_model_file=path.parent / doc["cpu_model_file"] if doc.get("cpu_model_file") else None,
+            cpu_model_files=[path.parent / f for f in doc.get("cpu_model_files", [])],
             fold_names=[f["name"] for f in doc["folds"]],
             thresholds=np.array([f["threshold"] for f in doc["folds"]], np.float64), tta=doc.get("tta", "none"),
             patch_size=int(doc.get("patch_size", PATCH_SIZE)), input_name=doc.get("input_name", INPUT_NAME),
@@ -87,6 +90,8 @@ def read_spec(folder: str | Path) -> EnsembleSpec:
         raise ModelError(f"{path}: unknown tta {spec.tta!r} ({' | '.join(TTA_MODES)})")
     if not spec.fold_names:
         raise ModelError(f"{path}: no folds")
+    if spec.cpu_model_files and len(spec.cpu_model_files) != len(spec.fold_names):
+        raise ModelError(f"{path}: {len(spec.cpu_model_files)} CPU graphs for {len(spec.fold_names)} folds")
     return spec
 
 

@@ -2,8 +2,8 @@
 
 onnxruntime is imported through ``load_onnxruntime()`` only, with its telemetry off. When CUDA is wanted but
 cannot start (no driver in the container, a driver too old for the CUDA line onnxruntime-gpu was built
-for, the CPU-only wheel, a provider error), ``create_session`` runs on the CPU and returns the reason as
-one line. CUDA runs with TF32 off and heuristic cuDNN algorithm choice, so that answers match the CPU's.
+for, the CPU-only wheel, a provider error), ``cuda_session`` returns the reason as one line and the ensemble
+runs on the CPU. CUDA runs with TF32 off and heuristic cuDNN algorithm choice, so that answers match the CPU's.
 
 Environment: ``AMF_DEVICE=auto|cpu|cuda`` (auto: CUDA when NVIDIA device nodes exist); ``AMF_GPU_MIN_PAGES``
 (default 1): stacks with fewer pages run on the CPU even with a GPU present; ``AMF_THREADS``: CPU threads.
@@ -91,23 +91,31 @@ def cuda_problem(ort: ModuleType, libcuda: str = "libcuda.so.1") -> str | None:
     return None
 
 
-def create_session(ort: ModuleType, model_file: Path, options, want_cuda: bool, cpu_model_file: Path | None = None):
-    """(session, note): on CUDA when wanted and able, else on the CPU with ``note`` saying why not. A CPU
-    session loads ``cpu_model_file`` when given (the same graph, fused for the CPU provider)."""
-    note = cuda_problem(ort) if want_cuda else None
-    if want_cuda and note is None:
-        if hasattr(ort, "preload_dlls"):
-            ort.preload_dlls()  # CUDA and cuDNN from the nvidia-* wheels in site-packages
-        try:  # enable_fallback=0: raise, rather than print an "EP Error" block and retry on the CPU
-            session = ort.InferenceSession(str(model_file), options, providers=[(CUDA, CUDA_OPTIONS), CPU],
-                                           enable_fallback=0)
-        except (RuntimeError, ValueError) as exc:
-            note = f"the CUDA provider failed to start: {_first_line(exc)}"
-        else:
-            if session.get_providers()[0] == CUDA:
-                return session, None
-            note = "the CUDA provider's libraries did not load"
-    return ort.InferenceSession(str(cpu_model_file or model_file), options, providers=[CPU]), note
+def cuda_session(ort: ModuleType, model_file: Path, options):
+    """(session on CUDA, None) when CUDA can start, else (None, why not in one line)."""
+    note = cuda_problem(ort)
+    if note is not None:
+        return None, note
+    if hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()  # CUDA and cuDNN from the nvidia-* wheels in site-packages
+    try:  # enable_fallback=0: raise, rather than print an "EP Error" block and retry on the CPU
+        session = ort.InferenceSession(str(model_file), options, providers=[(CUDA, CUDA_OPTIONS), CPU],
+                                       enable_fallback=0)
+    except (RuntimeError, ValueError) as exc:
+        return None, f"the CUDA provider failed to start: {_first_line(exc)}"
+    if session.get_providers()[0] != CUDA:
+        return None, "the CUDA provider's libraries did not load"
+    return session, None
+
+
+def session_options(ort: ModuleType, threads: int):
+    """The runtime's session options: all graph optimisations, ``threads`` intra-op threads, quiet."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return options
 
 
 def _first_line(exc: Exception) -> str:

@@ -1,22 +1,60 @@
-"""An array read in a forked child process while this process goes on.
+"""Work in forked child processes: the stack read beside the model load, and the fold sessions' workers.
 
-process.py reads the input stack on one core while the other loads the model: onnxruntime holds the GIL while it
-builds a session, so a thread could not overlap the two; a second process can. The child's answer comes back
-through a pipe: one JSON line (time taken, dtype and shape, or the error), then the array's bytes. No pickle.
+onnxruntime holds the GIL while it builds a session, so threads cannot overlap a session build with anything;
+processes can. Parent and child talk through pipes in frames: a JSON header (what follows: dtype and shape, or
+an error) and an array's raw bytes. No pickle.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import struct
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from runtime.errors import InputError
+from runtime.errors import InputError, ModelError
+
+_SIZES = struct.Struct("<II")  # header bytes, payload bytes
+
+
+def send(fd: int, header: dict, array: np.ndarray | None = None) -> None:
+    payload = b"" if array is None else np.ascontiguousarray(array).tobytes()
+    if array is not None:
+        header = {**header, "dtype": array.dtype.str, "shape": list(array.shape)}
+    data = json.dumps(header).encode()
+    view = memoryview(_SIZES.pack(len(data), len(payload)) + data + payload)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def receive(fd: int) -> tuple[dict, np.ndarray | None] | None:
+    """The next frame's (header, array or None); None at the end of the stream."""
+    sizes = _read_exactly(fd, _SIZES.size)
+    if sizes is None:
+        return None
+    n_header, n_payload = _SIZES.unpack(sizes)
+    header = json.loads(_read_exactly(fd, n_header) or b"{}")
+    if "dtype" not in header:
+        return header, None
+    payload = _read_exactly(fd, n_payload) if n_payload else b""
+    return header, np.frombuffer(bytearray(payload), np.dtype(header["dtype"])).reshape(header["shape"])
+
+
+def _read_exactly(fd: int, n: int) -> bytes | None:
+    chunks, left = [], n
+    while left:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 class ForkedRead:
@@ -32,35 +70,99 @@ class ForkedRead:
             return
         os.close(self._read)  # the child: answer, then end without running the parent's exit handlers
         try:
-            with os.fdopen(write, "wb") as pipe:
-                _answer(pipe, fn, args)
+            start = time.perf_counter()
+            try:
+                array = np.asarray(fn(*args))
+            except InputError as exc:
+                send(write, {"input_error": str(exc)})
+            except Exception:  # noqa: BLE001 - our bug, told to the parent with its traceback
+                send(write, {"traceback": traceback.format_exc()})
+            else:
+                send(write, {"seconds": time.perf_counter() - start}, array)
         finally:
             os._exit(0)
 
     def result(self) -> tuple[np.ndarray, float]:
-        with os.fdopen(self._read, "rb") as pipe:
-            header, payload = pipe.readline(), pipe.read()
+        answer = receive(self._read)
+        os.close(self._read)
         _, status = os.waitpid(self._pid, 0)
-        if not header:
+        if answer is None:
             raise RuntimeError(f"the child process ended without an answer (wait status {status})")
-        answer = json.loads(header)
-        if answer.get("input_error") is not None:
-            raise InputError(answer["input_error"])
-        if answer.get("traceback") is not None:
-            raise RuntimeError(f"in the child process: {answer['traceback']}")
-        return np.frombuffer(bytearray(payload), np.dtype(answer["dtype"])).reshape(answer["shape"]), answer["seconds"]
+        header, array = answer
+        if "input_error" in header:
+            raise InputError(header["input_error"])
+        if "traceback" in header:
+            raise RuntimeError(f"in the child process: {header['traceback']}")
+        return array, header["seconds"]
 
 
-def _answer(pipe, fn: Callable[..., np.ndarray], args: tuple) -> None:
-    start = time.perf_counter()
-    try:
-        array = np.asarray(fn(*args))
-    except InputError as exc:
-        pipe.write(json.dumps({"input_error": str(exc)}).encode() + b"\n")
-        return
-    except Exception:  # noqa: BLE001 - our bug, told to the parent with its traceback
-        pipe.write(json.dumps({"traceback": traceback.format_exc()}).encode() + b"\n")
-        return
-    header = {"seconds": time.perf_counter() - start, "dtype": array.dtype.str, "shape": array.shape}
-    pipe.write(json.dumps(header).encode() + b"\n")
-    pipe.write(np.ascontiguousarray(array).data)
+class SessionWorker:
+    """A forked child that loads fold graphs (one onnxruntime CPU session each, ``threads`` threads) and answers
+    batches with their probabilities side by side, [N, len(files)], until the parent closes the pipes. Fork it
+    before this process loads onnxruntime: a child must not inherit onnxruntime's threads and locks. ``siblings``:
+    the workers forked before this one."""
+
+    def __init__(self, files: list[Path], threads: int, input_name: str, output_name: str,
+                 siblings: list[SessionWorker] = ()) -> None:
+        self.files = files
+        parent_read, child_write = os.pipe()
+        child_read, parent_write = os.pipe()
+        self._pid = os.fork()
+        if self._pid:
+            os.close(child_read)
+            os.close(child_write)
+            self._read, self._write = parent_read, parent_write
+            return
+        # the child keeps only its own pipes: a sibling's request pipe left open here would never reach its end
+        for fd in (parent_read, parent_write, *(fd for s in siblings for fd in (s._read, s._write))):
+            os.close(fd)
+        try:
+            _serve(files, threads, input_name, output_name, child_read, child_write)
+        finally:
+            os._exit(0)
+
+    def wait_ready(self) -> None:
+        self._answer()
+
+    def submit(self, batch: np.ndarray) -> None:
+        send(self._write, {}, batch)
+
+    def result(self) -> np.ndarray:
+        return self._answer()
+
+    def close(self) -> None:
+        if self._pid:
+            os.close(self._write)
+            os.close(self._read)
+            os.waitpid(self._pid, 0)
+            self._pid = 0
+
+    def _answer(self) -> np.ndarray | None:
+        answer = receive(self._read)
+        if answer is None:
+            raise ModelError(f"{self.files[0]}: the worker process for {len(self.files)} fold graph(s) ended")
+        header, array = answer
+        if "error" in header:
+            raise ModelError(header["error"])
+        return array
+
+
+def _serve(files: list[Path], threads: int, input_name: str, output_name: str, read: int, write: int) -> None:
+    from runtime.device import CPU, load_onnxruntime, session_options
+
+    ort = load_onnxruntime()
+    sessions = []
+    for file in files:
+        try:
+            sessions.append(ort.InferenceSession(str(file), session_options(ort, threads), providers=[CPU]))
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
+            send(write, {"error": f"{file}: cannot load the ONNX fold graph ({exc})"})
+            return
+    send(write, {"ready": True})
+    while (request := receive(read)) is not None:
+        try:
+            probs = np.concatenate([s.run([output_name], {input_name: request[1]})[0] for s in sessions], axis=1)
+        except Exception as exc:  # noqa: BLE001
+            send(write, {"error": f"{files[0]}: the fold graphs failed on a batch ({exc})"})
+            continue
+        send(write, {}, probs)

@@ -87,13 +87,11 @@ def make_tiny_ensemble(folder: Path, offsets=(0.0, 0.2, -0.2, 0.4), tta: str = "
 
 
 def tiny_conv_graph(seed: int = 0, channels: int = 8) -> onnx.ModelProto:
-    """A float graph with the ensemble's interface: uint8 [N,128,128,3] -> Conv 3x3 (3 -> ``channels``, stride 4)
-    -> Relu -> global mean -> Gemm (``channels`` -> 2) -> prob, logit."""
+    """A float graph with the ensemble's interface and layout: uint8 [N,128,128,3] -> Conv 3x3 (3 -> ``channels``,
+    stride 4) -> Relu -> global mean -> one Gemm (``channels`` -> 1) per "fold" -> Concat: logit [N, 2], prob."""
     rng = np.random.default_rng(seed)
     inits = [numpy_helper.from_array(rng.normal(0, 0.3, (channels, 3, 3, 3)).astype(np.float32), "conv_w"),
              numpy_helper.from_array(rng.normal(0, 0.1, channels).astype(np.float32), "conv_b"),
-             numpy_helper.from_array(rng.normal(0, 1.0, (2, channels)).astype(np.float32), "fc_w"),
-             numpy_helper.from_array(np.array([0.1, -0.2], np.float32), "fc_b"),
              numpy_helper.from_array(np.array(1 / 255, np.float32), "scale")]
     nodes = [helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
              helper.make_node("Mul", ["f", "scale"], ["x01"]),
@@ -101,9 +99,13 @@ def tiny_conv_graph(seed: int = 0, channels: int = 8) -> onnx.ModelProto:
              helper.make_node("Conv", ["x", "conv_w", "conv_b"], ["c"], strides=[4, 4], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c"], ["r"]),
              helper.make_node("GlobalAveragePool", ["r"], ["g"]),
-             helper.make_node("Flatten", ["g"], ["v"]),
-             helper.make_node("Gemm", ["v", "fc_w", "fc_b"], ["logit"], transB=1),
-             helper.make_node("Sigmoid", ["logit"], ["prob"])]
+             helper.make_node("Flatten", ["g"], ["v"])]
+    for fold, bias in enumerate((0.1, -0.2)):
+        inits += [numpy_helper.from_array(rng.normal(0, 1.0, (1, channels)).astype(np.float32), f"fc{fold}_w"),
+                  numpy_helper.from_array(np.array([bias], np.float32), f"fc{fold}_b")]
+        nodes.append(helper.make_node("Gemm", ["v", f"fc{fold}_w", f"fc{fold}_b"], [f"logit{fold}"], transB=1))
+    nodes += [helper.make_node("Concat", ["logit0", "logit1"], ["logit"], axis=1),
+              helper.make_node("Sigmoid", ["logit"], ["prob"])]
     graph = helper.make_graph(nodes, "tiny-conv",
                               [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 128, 128, 3])],
                               [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 2]),

@@ -1,16 +1,19 @@
-"""The CPU graph: the exported int8 graph with onnxruntime's CPU fusions applied once, at export.
+"""The CPU graphs: the exported int8 graph with onnxruntime's CPU fusions applied once, at export, cut into one
+graph per fold.
 
 Building a session from the QDQ graph spends half its time fusing ~2,000 QuantizeLinear/DequantizeLinear nodes
 into int8 kernels (QLinearConv, QGemm) and moving them to the NHWC layout; the container would pay that on every
-cold start. onnxruntime saves the graph it built, and the container's CPU session loads that instead; the CUDA
-provider keeps the standard QDQ graph. All of onnxruntime's optimisations are applied but the NCHWc transformer,
-the one whose output depends on the machine (its block size follows the vector width; it rewrites float
-convolutions, of which this graph has none), so the fused graph runs on any x86-64 or Arm CPU.
+cold start. onnxruntime saves the graph it built, and the container's CPU sessions load that instead; the CUDA
+provider keeps the standard QDQ graph. All of onnxruntime's optimisations are applied but the NCHWc
+transformer, the one whose output depends on the machine (its block size follows the vector width; it rewrites
+float convolutions, of which this graph has none), so the fused graphs run on any x86-64 or Arm CPU. One graph
+per fold (its network, from the shared input to its column of ``logit`` and ``prob``, [N, 1]) lets the runtime
+build and run the folds in parallel processes (runtime/ensemble.py).
 
-The fused graph holds the very same int8 tensors, so it ships without them: each tensor of at least
+The fused graphs hold the very same int8 tensors, so they ship without them: each tensor of at least
 ``EXTERNAL_MIN_BYTES`` is ONNX external data (location, offset, length) that points at the identical bytes inside
-the standard graph's file. The offsets are found by content, so whichever match is taken holds the same
-values (export then checks that both graphs answer alike).
+the standard graph's file. The offsets are found by content, so whichever match is taken holds the same values
+(export then checks that the graphs answer alike).
 """
 
 from __future__ import annotations
@@ -19,21 +22,36 @@ import tempfile
 from pathlib import Path
 
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
+
+from runtime.contract import CPU_MODEL_FILES, LOGIT_OUTPUT, PROB_OUTPUT
 
 EXTERNAL_MIN_BYTES = 1024
-MAX_OWN_FRACTION = 0.05  # of the standard graph's size: above it, the fused graph would ship weights twice
+MAX_OWN_FRACTION = 0.05  # of the standard graph's size: above it, the fused graphs would ship weights twice
 
 
-def write_cpu_graph(model_path: Path, cpu_path: Path) -> bool:
-    """Write the CPU graph of ``model_path`` (a saved graph) to ``cpu_path`` in the same folder; False (nothing
-    written) when the large tensors it would hold itself, those not found in the standard graph (onnxruntime
-    transposes or folds some, as in weight-only graphs), exceed MAX_OWN_FRACTION of the standard graph's size."""
+def write_cpu_graphs(model_path: Path) -> list[Path]:
+    """Write one CPU graph per fold of ``model_path`` (a saved ensemble graph) beside it, CPU_MODEL_FILES; none
+    (an empty list) when ``logit`` is not a Concat of the folds' columns or when the large tensors the fused graph
+    would hold itself, those not found in the standard graph (onnxruntime transposes or folds some, as in
+    weight-only graphs), exceed MAX_OWN_FRACTION of the standard graph's size."""
+    model_path = Path(model_path)
+    fused = _fused(model_path)
+    columns = next((n for n in fused.graph.node if LOGIT_OUTPUT in n.output and n.op_type == "Concat"), None)
+    source = model_path.read_bytes()
+    if columns is None or not _point_at(fused, source, model_path.name):
+        return []
+    paths = []
+    for i in range(len(columns.input)):
+        path = model_path.parent / CPU_MODEL_FILES.format(i)
+        onnx.save(_fold_graph(fused, columns, i), str(path))
+        paths.append(path)
+    return paths
+
+
+def _fused(model_path: Path) -> onnx.ModelProto:
     import onnxruntime as ort
 
-    model_path, cpu_path = Path(model_path), Path(cpu_path)
-    if model_path.parent.resolve() != cpu_path.parent.resolve():
-        raise ValueError("the CPU graph reads its tensors from the standard graph: both must share a folder")
     with tempfile.TemporaryDirectory() as tmp:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -41,10 +59,14 @@ def write_cpu_graph(model_path: Path, cpu_path: Path) -> bool:
         options.log_severity_level = 3
         options.optimized_model_filepath = str(Path(tmp) / "fused.onnx")
         ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-        fused = onnx.load(options.optimized_model_filepath)
-    source = model_path.read_bytes()
+        return onnx.load(options.optimized_model_filepath)
+
+
+def _point_at(model: onnx.ModelProto, source: bytes, location: str) -> bool:
+    """Large tensors of ``model`` become pointers into ``source`` (the file ``location``); False when those not
+    found there weigh more than MAX_OWN_FRACTION of it."""
     own = 0
-    for i, tensor in enumerate(fused.graph.initializer):
+    for i, tensor in enumerate(model.graph.initializer):
         data = numpy_helper.to_array(tensor).tobytes()
         if len(data) < EXTERNAL_MIN_BYTES:
             continue
@@ -54,10 +76,34 @@ def write_cpu_graph(model_path: Path, cpu_path: Path) -> bool:
             continue
         pointer = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
                                    data_location=onnx.TensorProto.EXTERNAL)
-        for key, value in (("location", model_path.name), ("offset", offset), ("length", len(data))):
+        for key, value in (("location", location), ("offset", offset), ("length", len(data))):
             pointer.external_data.add(key=key, value=str(value))
-        fused.graph.initializer[i].CopyFrom(pointer)
-    if own > MAX_OWN_FRACTION * len(source):
-        return False
-    onnx.save(fused, str(cpu_path))
-    return True
+        model.graph.initializer[i].CopyFrom(pointer)
+    return own <= MAX_OWN_FRACTION * len(source)
+
+
+def _fold_graph(fused: onnx.ModelProto, columns: onnx.NodeProto, column: int) -> onnx.ModelProto:
+    """The nodes ``columns.input[column]`` depends on, then that column as ``logit`` and ``prob`` [N, 1]."""
+    producer = {name: node for node in fused.graph.node for name in node.output}
+    needed, stack = set(), [columns.input[column]]
+    while stack:
+        node = producer.get(stack.pop())
+        if node is not None and id(node) not in needed:
+            needed.add(id(node))
+            stack.extend(node.input)
+    nodes = [n for n in fused.graph.node if id(n) in needed] + [
+        helper.make_node("Concat", [columns.input[column]], [LOGIT_OUTPUT], axis=1),
+        helper.make_node("Sigmoid", [LOGIT_OUTPUT], [PROB_OUTPUT])]
+    used = {name for node in nodes for name in node.input}
+    graph = helper.make_graph(nodes, f"{fused.graph.name}-fold{column}", list(fused.graph.input),
+                              [_one_column(o) for o in fused.graph.output if o.name in (LOGIT_OUTPUT, PROB_OUTPUT)],
+                              [t for t in fused.graph.initializer if t.name in used])
+    return helper.make_model(graph, opset_imports=fused.opset_import, ir_version=fused.ir_version)
+
+
+def _one_column(output: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+    single = onnx.ValueInfoProto()
+    single.CopyFrom(output)
+    single.type.tensor_type.shape.dim[1].ClearField("dim_param")
+    single.type.tensor_type.shape.dim[1].dim_value = 1
+    return single

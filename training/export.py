@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from runtime.contract import (
-    CPU_MODEL_FILE,
+    CPU_MODEL_FILES,
     INPUT_NAME,
     LOGIT_OUTPUT,
     MODEL_FILE,
@@ -39,7 +39,7 @@ from runtime.contract import (
     make_spec,
 )
 from training.checkpoint import find_fold_checkpoints, load_pruned
-from training.cpu_graph import write_cpu_graph
+from training.cpu_graph import write_cpu_graphs
 from training.data import PatchSet, load_split
 from training.network import to_input
 from training.quantize import (
@@ -52,7 +52,7 @@ from training.quantize import (
 )
 
 OPSET = 18
-CPU_GRAPH_CHECK = 272  # the last patches of the guard's run (16 random pages among them), scored by both graphs
+CPU_GRAPH_CHECK = 272  # the last patches of the guard's run (16 random pages among them), scored by both
 CALIBRATION_PATCHES, CALIBRATION_METHOD, CALIBRATION_SEED = 256, "minmax", 0  # chosen on validation: README
 
 
@@ -114,10 +114,10 @@ def parity(reference: np.ndarray, got: np.ndarray) -> dict:
 def export_ensemble(sources: list[str | Path], out: str | Path, data: PatchSet, *, tta: str = "none",
                     mode: str = "static", method: str = CALIBRATION_METHOD, patches: int = CALIBRATION_PATCHES,
                     seed: int = CALIBRATION_SEED, enforce_guard: bool = True) -> dict:
-    """Write ``<out>/ensemble.onnx``, its CPU graph ``ensemble.cpu.onnx`` (when it holds no weights of its own:
-    training/cpu_graph.py) and ``ensemble.json``. ``data``:
+    """Write ``<out>/ensemble.onnx``, its per-fold CPU graphs ``ensemble.cpu.<fold>.onnx`` (when they hold no
+    weights of their own: training/cpu_graph.py) and ``ensemble.json``. ``data``:
     labelled training patches, which calibrate (static mode) and hold each fold's validation part for the
-    accuracy guard. The guard scores the CPU graph, as the container runs it; nothing is written when it fails."""
+    accuracy guard. The guard scores the CPU graphs, as the container runs them; nothing is written when it fails."""
     out = Path(out)
     reference, folds, sources_used = float_graph(sources)
     sample = calibration_sample(data.images, patches, seed)
@@ -126,36 +126,44 @@ def export_ensemble(sources: list[str | Path], out: str | Path, data: PatchSet, 
     images = np.concatenate([data.images, random])  # one session per graph: the data, then 16 random pages
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out) as tmp:
-        model_path, cpu_path = Path(tmp) / MODEL_FILE, Path(tmp) / CPU_MODEL_FILE
+        model_path = Path(tmp) / MODEL_FILE
         onnx.save(model, str(model_path))
-        has_cpu_graph = write_cpu_graph(model_path, cpu_path)
+        cpu_paths = write_cpu_graphs(model_path)
         (float_probs, float_random), (int8_probs, int8_random) = (
-            np.split(fold_probabilities(graph, images), [len(data)])
-            for graph in (reference, cpu_path if has_cpu_graph else model_path))
+            np.split(probs, [len(data)]) for probs in (fold_probabilities(reference, images),
+                                                       _probabilities(model_path, cpu_paths, images)))
         guard = accuracy_guard(validation_ba(float_probs, data, folds), validation_ba(int8_probs, data, folds))
         if enforce_guard and not guard["holds"]:
             raise GuardError(f"int8 vs float validation BA outside the guard: {guard_table(folds, guard)}")
-        cpu_graph = None
-        if has_cpu_graph:  # the standard graph (CUDA's) answers as the CPU graph does
-            cpu_graph = parity(np.concatenate([int8_probs, int8_random])[-CPU_GRAPH_CHECK:],
-                               fold_probabilities(model_path, images[-CPU_GRAPH_CHECK:]))
-            if cpu_graph["max_abs_prob_delta"] > 1e-4:
-                raise GuardError(f"the CPU graph and the standard graph disagree: {cpu_graph}")
-        (out / CPU_MODEL_FILE).unlink(missing_ok=True)  # an earlier export's
-        for path in (model_path, cpu_path) if has_cpu_graph else (model_path,):
+        cpu_graphs = None
+        if cpu_paths:  # the standard graph (CUDA's) answers as the CPU graphs do
+            cpu_graphs = parity(np.concatenate([int8_probs, int8_random])[-CPU_GRAPH_CHECK:],
+                                fold_probabilities(model_path, images[-CPU_GRAPH_CHECK:]))
+            if cpu_graphs["max_abs_prob_delta"] > 1e-4:
+                raise GuardError(f"the CPU graphs and the standard graph disagree: {cpu_graphs}")
+        for stale in out.glob(CPU_MODEL_FILES.format("*")):  # an earlier export's
+            stale.unlink()
+        for path in (model_path, *cpu_paths):
             path.replace(out / path.name)
     model_path = out / MODEL_FILE
     checks = {"random": parity(float_random, int8_random), "real": parity(float_probs, int8_probs)}
-    spec = make_spec(folds, tta, cpu_graph=has_cpu_graph, provenance={
+    spec = make_spec(folds, tta, cpu_graphs=bool(cpu_paths), provenance={
         "sources": sources_used, "git_commit": _git_commit(),
         "model_sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(), "model_bytes": model_path.stat().st_size,
         "quantization": {"mode": mode, **({"method": method, "calibration_patches": int(len(sample)),
                                            "calibration_seed": seed} if mode == "static" else {}),
                          "data": f"{len(data)} labelled patches (calibration sample and validation parts)"},
-        "accuracy_guard": guard, "parity_vs_float": checks, "cpu_graph_vs_standard": cpu_graph,
+        "accuracy_guard": guard, "parity_vs_float": checks, "cpu_graphs_vs_standard": cpu_graphs,
     })
     (out / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
     return spec
+
+
+def _probabilities(model_path: Path, cpu_paths: list[Path], images: np.ndarray) -> np.ndarray:
+    """[N, F] from the CPU graphs, one column each, as the container runs them (else the standard graph)."""
+    if not cpu_paths:
+        return fold_probabilities(model_path, images)
+    return np.concatenate([fold_probabilities(p, images) for p in cpu_paths], axis=1)
 
 
 def guard_table(folds: list[dict], guard: dict) -> str:
@@ -180,7 +188,7 @@ def run(args: argparse.Namespace) -> None:
     print(f"wrote {Path(args.out) / MODEL_FILE}: {len(doc['folds'])} fold models, {prov['model_bytes'] / 1e6:.1f} MB, "
           f"{args.quantize} int8")
     print(f"accuracy guard: {guard_table(doc['folds'], prov['accuracy_guard'])}")
-    cpu_graph = {"CPU graph vs standard": prov["cpu_graph_vs_standard"]} if prov["cpu_graph_vs_standard"] else {}
-    for name, c in {**prov["parity_vs_float"], **cpu_graph}.items():
+    cpu_graphs = {"CPU graphs vs standard": prov["cpu_graphs_vs_standard"]} if prov["cpu_graphs_vs_standard"] else {}
+    for name, c in {**prov["parity_vs_float"], **cpu_graphs}.items():
         print(f"parity {name}: {c['patches']} patches, max |dP| = {c['max_abs_prob_delta']:.4g}, "
               f"class agreement = {c['class_agreement']:.4f}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from conftest import make_tiny_ensemble, real_pages
+from conftest import ROOT, make_tiny_ensemble, real_pages
 
 from runtime import device
 from runtime.ensemble import Ensemble
@@ -61,14 +61,12 @@ class StandInOrt:
 
     def __init__(self, fails_with: Exception | None = None, comes_up_on: str = device.CUDA) -> None:
         self.fails_with, self.comes_up_on, self.calls, self.preloaded = fails_with, comes_up_on, [], False
-        self.paths: list[str] = []
 
     def preload_dlls(self) -> None:
         self.preloaded = True
 
     def InferenceSession(self, path, options, providers, enable_fallback=1):  # noqa: N802 - onnxruntime's name
         self.calls.append(providers)
-        self.paths.append(path)
         if providers[0] != device.CPU and self.fails_with is not None:
             raise self.fails_with
         first = providers[0] if isinstance(providers[0], str) else providers[0][0]
@@ -79,7 +77,7 @@ class StandInOrt:
 def test_cuda_session_starts_with_its_options(monkeypatch):
     monkeypatch.setattr(device, "cuda_problem", lambda ort: None)
     ort = StandInOrt()
-    session, note = device.create_session(ort, "m.onnx", None, want_cuda=True)
+    session, note = device.cuda_session(ort, "m.onnx", None)
     assert note is None and session.get_providers()[0] == device.CUDA and ort.preloaded
     assert ort.calls == [[(device.CUDA, device.CUDA_OPTIONS), device.CPU]]
     assert device.CUDA_OPTIONS["use_tf32"] == "0"  # answers comparable with the CPU's
@@ -93,18 +91,18 @@ def test_cuda_session_starts_with_its_options(monkeypatch):
      "the CUDA provider failed to start: unexpected provider option"),
     (StandInOrt(comes_up_on=device.CPU), "the CUDA provider's libraries did not load"),  # silently on the CPU
 ])
-def test_cuda_that_fails_or_silently_falls_back_becomes_a_note_and_a_cpu_session(ort, words, monkeypatch):
+def test_cuda_that_fails_or_silently_falls_back_becomes_a_note_and_no_session(ort, words, monkeypatch):
     monkeypatch.setattr(device, "cuda_problem", lambda ort: None)
-    session, note = device.create_session(ort, "m.onnx", None, want_cuda=True)
-    assert note == words and session.get_providers()[0] == device.CPU
-    assert ort.calls[-1] == [device.CPU]
+    session, note = device.cuda_session(ort, "m.onnx", None)
+    assert note == words and session is None
+    assert ort.calls == [[(device.CUDA, device.CUDA_OPTIONS), device.CPU]]  # the CPU session is the ensemble's
 
 
 def test_cuda_problem_found_first_costs_no_cuda_session(monkeypatch):
     monkeypatch.setattr(device, "cuda_problem", lambda ort: "no NVIDIA driver in this container")
     ort = StandInOrt()
-    session, note = device.create_session(ort, "m.onnx", None, want_cuda=True)
-    assert note == "no NVIDIA driver in this container" and ort.calls == [[device.CPU]] and not ort.preloaded
+    session, note = device.cuda_session(ort, "m.onnx", None)
+    assert note == "no NVIDIA driver in this container" and session is None and ort.calls == [] and not ort.preloaded
 
 
 def test_cuda_that_cannot_start_falls_back_to_the_cpu_with_the_reason(tmp_path, monkeypatch):
@@ -117,20 +115,6 @@ def test_cuda_that_cannot_start_falls_back_to_the_cpu_with_the_reason(tmp_path, 
     assert ens.predict(real_pages(2)).fold_probs.shape == (2, 4)
 
 
-def test_cpu_sessions_load_the_cpu_graph_and_cuda_the_standard_one(monkeypatch):
-    monkeypatch.setattr(device, "cuda_problem", lambda ort: None)
-    ort = StandInOrt()
-    device.create_session(ort, "m.onnx", None, want_cuda=True, cpu_model_file="m.cpu.onnx")
-    assert ort.paths == ["m.onnx"]
-    ort = StandInOrt(fails_with=RuntimeError("CUDA failure 100: no CUDA-capable device is detected"))
-    device.create_session(ort, "m.onnx", None, want_cuda=True, cpu_model_file="m.cpu.onnx")
-    assert ort.paths == ["m.onnx", "m.cpu.onnx"]
-    ort = StandInOrt()
-    device.create_session(ort, "m.onnx", None, want_cuda=False, cpu_model_file="m.cpu.onnx")
-    device.create_session(ort, "m.onnx", None, want_cuda=False)
-    assert ort.paths == ["m.cpu.onnx", "m.onnx"]
-
-
 @pytest.mark.parametrize("setting, gpu, min_pages, expected", [
     ("auto", True, "8", True), ("auto", True, None, False), ("auto", False, "8", False), ("cpu", True, "8", False),
     ("cuda", True, "8", False),
@@ -138,3 +122,13 @@ def test_cpu_sessions_load_the_cpu_graph_and_cuda_the_standard_one(monkeypatch):
 def test_page_count_matters_only_for_a_visible_gpu_with_a_minimum(setting, gpu, min_pages, expected, monkeypatch):
     device_env(monkeypatch, setting, gpu, min_pages)
     assert device.choice_needs_page_count() is expected
+
+
+def test_cuda_that_cannot_start_leaves_the_cpu_graphs_to_the_cpu(monkeypatch):
+    """After a failed CUDA start the ensemble runs its per-fold CPU graphs (in this process: onnxruntime is
+    loaded), not the standard graph, and keeps the reason."""
+    monkeypatch.setattr("runtime.ensemble.wants_cuda", lambda n_pages=None: True)
+    monkeypatch.setattr("runtime.ensemble.cuda_session", lambda ort, path, options: (None, "no NVIDIA driver"))
+    ens = Ensemble(ROOT / "weights")
+    assert (ens.provider, ens.layout, ens.device_note) == (device.CPU, "4 fold graphs", "no NVIDIA driver")
+    assert ens.predict(real_pages(2)).fold_probs.shape == (2, 4)

@@ -107,21 +107,23 @@ def test_shipped_graph_answers_a_page_the_same_alone_and_in_a_batch():
         np.testing.assert_allclose(ens.probabilities(pages[i:i + 1])[0], batch[i], atol=1e-4)
 
 
-def test_shipped_cpu_graph_is_the_standard_graph_fused_without_its_own_weights():
-    """The CPU session loads ensemble.cpu.onnx, whose tensors are read from ensemble.onnx's bytes: it must answer
-    as the standard graph (the one the CUDA provider loads) does, to the last bit on the same provider."""
+def test_shipped_cpu_graphs_are_the_standard_graph_fused_and_cut_per_fold_without_their_own_weights():
+    """CPU sessions load ensemble.cpu.<fold>.onnx, whose tensors are read from ensemble.onnx's bytes: together
+    they must answer as the standard graph (the one the CUDA provider loads) does, to the last bit on the CPU."""
     import onnx
     import onnxruntime as ort
 
     weights = ROOT / "weights"
     ens = Ensemble(weights, providers=CPU)
-    assert ens.model_file == weights / "ensemble.cpu.onnx"
-    fused = onnx.load(str(ens.model_file), load_external_data=False)
-    ops = {n.op_type for n in fused.graph.node}
-    assert "QLinearConv" in ops and "Conv" not in ops
-    external = [t for t in fused.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
-    assert {e.value for t in external for e in t.external_data if e.key == "location"} == {"ensemble.onnx"}
-    assert ens.model_file.stat().st_size < (weights / "ensemble.onnx").stat().st_size / 20
+    assert ens.layout == "4 fold graphs"  # onnxruntime is loaded in this process: no worker processes
+    for path in ens.spec.cpu_model_files:
+        fused = onnx.load(str(path), load_external_data=False)
+        ops = {n.op_type for n in fused.graph.node}
+        assert "QLinearConv" in ops and "Conv" not in ops
+        assert [o.type.tensor_type.shape.dim[1].dim_value for o in fused.graph.output] == [1, 1]
+        external = [t for t in fused.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+        assert {e.value for t in external for e in t.external_data if e.key == "location"} == {"ensemble.onnx"}
+        assert path.stat().st_size < (weights / "ensemble.onnx").stat().st_size / 100
     pages = real_pages(16)
     standard = ort.InferenceSession(str(weights / "ensemble.onnx"), providers=CPU)
     np.testing.assert_array_equal(ens.probabilities(pages), standard.run(["prob"], {"image": pages})[0])

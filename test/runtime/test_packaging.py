@@ -81,5 +81,7 @@ def test_scripts_are_executable():
 
 def test_the_image_holds_every_file_the_shipped_spec_names():
     spec = json.loads((ROOT / "weights" / "ensemble.json").read_text())
-    named = {f"weights/{spec[key]}" for key in ("model_file", "cpu_model_file")} | {"weights/ensemble.json"}
-    assert named <= set(copied_paths())
+    named = {"ensemble.json", spec["model_file"], *spec["cpu_model_files"]}
+    copied = {p.relative_to(ROOT / "weights").as_posix() for pattern in copied_paths() if pattern.startswith("weights/")
+              for p in ROOT.glob(pattern)}
+    assert len(spec["cpu_model_files"]) == len(spec["folds"]) and named == copied

@@ -107,6 +107,22 @@ def test_shipped_weights_reproduce_the_expected_output_on_the_cpu(gc_input, tmp_
     np.testing.assert_allclose([r["confidence"] for r in result], [r["confidence"] for r in expected], atol=1e-4)
 
 
+@pytest.mark.parametrize("threads, layout", [("2", "4 fold graphs in 2 worker processes"),
+                                             ("4", "4 fold graphs in 4 worker processes"), ("1", "4 fold graphs")])
+def test_fresh_process_runs_the_fold_graphs_in_worker_processes(threads, layout, gc_input, tmp_path):
+    """As the container runs: a new process, onnxruntime not loaded yet, so the fold graphs load and run in one
+    forked worker per CPU (AMF_THREADS), up to one per fold; the answers are those of the golden file."""
+    proc = subprocess.run([sys.executable, str(ROOT / "process.py"), "--input", str(gc_input), "--output",
+                           str(tmp_path / "out"), "--weights", str(ROOT / "weights")], capture_output=True, text=True,
+                          timeout=120, env=subprocess_env(AMF_THREADS=threads))
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert f"4 fold models on CPUExecutionProvider ({layout})" in proc.stdout
+    result = json.loads((tmp_path / "out" / OUTPUT_FILE).read_text())
+    expected = json.loads((ROOT / "test" / "output" / "expected_output.json").read_text())
+    assert [r["class"] for r in result] == [r["class"] for r in expected]
+    np.testing.assert_allclose([r["confidence"] for r in result], [r["confidence"] for r in expected], atol=1e-4)
+
+
 def test_same_stack_twice_gives_byte_identical_json(gc_input, tiny_weights, tmp_path, capsys):
     for name in ("a", "b"):
         assert run_main(gc_input, tmp_path / name, tiny_weights, capsys)[0] == 0

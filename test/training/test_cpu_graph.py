@@ -1,4 +1,5 @@
-"""The CPU graph (training/cpu_graph.py): onnxruntime's fused graph whose tensors are read from the standard one."""
+"""The CPU graphs (training/cpu_graph.py): onnxruntime's fused graph, one per fold, reading its tensors from the
+standard graph's bytes."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from conftest import real_pages, tiny_conv_graph
 from onnx import TensorProto, helper, numpy_helper
 
-from training.cpu_graph import EXTERNAL_MIN_BYTES, write_cpu_graph
+from training.cpu_graph import EXTERNAL_MIN_BYTES, write_cpu_graphs
 from training.quantize import calibration_sample, fold_probabilities, quantize
 
 
@@ -20,39 +21,59 @@ def standard(tmp_path_factory) -> onnx.ModelProto:
     return path
 
 
-def test_cpu_graph_is_fused_reads_its_tensors_from_the_standard_graph_and_answers_alike(standard):
-    cpu = standard.parent / "ensemble.cpu.onnx"
-    write_cpu_graph(standard, cpu)
-    fused = onnx.load(str(cpu), load_external_data=False)
-    ops = {n.op_type for n in fused.graph.node}
-    assert "QLinearConv" in ops and "Conv" not in ops
-    external = {t.name: {e.key: e.value for e in t.external_data} for t in fused.graph.initializer
-                if t.data_location == onnx.TensorProto.EXTERNAL}
-    assert external and all(e["location"] == "ensemble.onnx" for e in external.values())
-    assert all(int(e["length"]) >= EXTERNAL_MIN_BYTES for e in external.values())
+def test_cpu_graphs_are_fused_per_fold_read_their_tensors_from_the_standard_graph_and_answer_alike(standard):
+    paths = write_cpu_graphs(standard)
+    assert [p.name for p in paths] == ["ensemble.cpu.0.onnx", "ensemble.cpu.1.onnx"]
     source = standard.read_bytes()
-    loaded = {t.name: t for t in onnx.load(str(cpu)).graph.initializer}  # resolves the pointers
-    for name, e in external.items():
-        start = int(e["offset"])
-        assert source[start:start + int(e["length"])] == loaded[name].raw_data
+    for path in paths:
+        fused = onnx.load(str(path), load_external_data=False)
+        ops = {n.op_type for n in fused.graph.node}
+        assert "QLinearConv" in ops and "Conv" not in ops
+        assert [o.type.tensor_type.shape.dim[1].dim_value for o in fused.graph.output] == [1, 1]
+        external = {t.name: {e.key: e.value for e in t.external_data} for t in fused.graph.initializer
+                    if t.data_location == onnx.TensorProto.EXTERNAL}
+        assert external and all(e["location"] == "ensemble.onnx" for e in external.values())
+        assert all(int(e["length"]) >= EXTERNAL_MIN_BYTES for e in external.values())
+        loaded = {t.name: t for t in onnx.load(str(path)).graph.initializer}  # resolves the pointers
+        for name, e in external.items():
+            start = int(e["offset"])
+            assert source[start:start + int(e["length"])] == loaded[name].raw_data
     pages = real_pages(16)
-    np.testing.assert_array_equal(fold_probabilities(cpu, pages), fold_probabilities(standard, pages))
+    together = np.concatenate([fold_probabilities(p, pages) for p in paths], axis=1)
+    np.testing.assert_array_equal(together, fold_probabilities(standard, pages))
 
 
-def test_cpu_graph_must_sit_beside_the_standard_graph(standard, tmp_path):
-    with pytest.raises(ValueError, match="share a folder"):
-        write_cpu_graph(standard, tmp_path / "ensemble.cpu.onnx")
+def columns_graph(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> onnx.ModelProto:
+    """x [N, K] -> logit = Concat(x @ (a + b), x @ c), prob: the ensemble's layout on float matrices."""
+    inits = [numpy_helper.from_array(m.astype(np.float32), n) for m, n in ((a, "a"), (b, "b"), (c, "c"))]
+    nodes = [helper.make_node("Add", ["a", "b"], ["w"]), helper.make_node("MatMul", ["x", "w"], ["col0"]),
+             helper.make_node("MatMul", ["x", "c"], ["col1"]),
+             helper.make_node("Concat", ["col0", "col1"], ["logit"], axis=1),
+             helper.make_node("Sigmoid", ["logit"], ["prob"])]
+    graph = helper.make_graph(nodes, "columns", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", len(a)])],
+                              [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 2]),
+                               helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["N", 2])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
 
 
-def test_no_cpu_graph_when_it_would_hold_weights_of_its_own(tmp_path):
-    """Tensors onnxruntime makes while it optimises (here: A + B folded into one constant; in weight-only ViT graphs,
-    transposed weights) are not in the standard graph's bytes: the fused graph would ship them a second time."""
+def test_no_cpu_graphs_when_they_would_hold_weights_of_their_own(tmp_path):
+    """Tensors onnxruntime makes while it optimises (here: a + b folded into one constant; in weight-only ViT
+    graphs, transposed weights) are not in the standard graph's bytes: the fused graphs would ship them again."""
     rng = np.random.default_rng(0)
-    a, b = (numpy_helper.from_array(rng.normal(size=(64, 64)).astype(np.float32), n) for n in "ab")
-    nodes = [helper.make_node("Add", ["a", "b"], ["w"]), helper.make_node("MatMul", ["x", "w"], ["y"])]
-    graph = helper.make_graph(nodes, "folds", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])], [a, b])
     path = tmp_path / "ensemble.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9), str(path))
-    assert write_cpu_graph(path, tmp_path / "ensemble.cpu.onnx") is False
-    assert not (tmp_path / "ensemble.cpu.onnx").exists()
+    onnx.save(columns_graph(*(rng.normal(size=(4096, 1)) for _ in range(3))), str(path))
+    assert write_cpu_graphs(path) == [] and not list(tmp_path.glob("ensemble.cpu.*"))
+    small = tmp_path / "small" / "ensemble.onnx"  # the same layout, every tensor under the size that is pointed at
+    small.parent.mkdir()
+    onnx.save(columns_graph(*(rng.normal(size=(64, 1)) for _ in range(3))), str(small))
+    assert len(write_cpu_graphs(small)) == 2
+
+
+def test_no_cpu_graphs_without_a_column_per_fold(tmp_path):
+    model = tiny_conv_graph()
+    producer = next(n for n in model.graph.node if n.op_type == "Concat")
+    producer.op_type = "Sum"  # logit no longer a Concat of the folds' columns
+    del producer.attribute[:]
+    path = tmp_path / "ensemble.onnx"
+    onnx.save(model, str(path))
+    assert write_cpu_graphs(path) == []

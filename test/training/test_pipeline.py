@@ -148,8 +148,9 @@ def test_cli_trains_all_folds_resumes_evaluates_and_exports(tmp_path, capsys):
     doc = json.loads((tmp_path / "weights" / "ensemble.json").read_text())
     assert all(f["threshold"] == chosen["threshold"] for f in doc["folds"])
     parity = doc["provenance"]["parity_vs_float"]
-    assert doc["cpu_model_file"] == "ensemble.cpu.onnx" and (tmp_path / "weights" / "ensemble.cpu.onnx").is_file()
-    assert doc["provenance"]["cpu_graph_vs_standard"]["max_abs_prob_delta"] <= 1e-4
+    assert doc["cpu_model_files"] == [f"ensemble.cpu.{i}.onnx" for i in range(4)]
+    assert all((tmp_path / "weights" / f).is_file() for f in doc["cpu_model_files"])
+    assert doc["provenance"]["cpu_graphs_vs_standard"]["max_abs_prob_delta"] <= 1e-4
     assert parity["real"]["patches"] == 16 and parity["real"]["class_agreement"] >= 0.9
     model = onnx.load(str(tmp_path / "weights" / "ensemble.onnx"))
     assert any(t.data_type == onnx.TensorProto.INT8 for t in model.graph.initializer)

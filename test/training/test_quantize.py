@@ -29,7 +29,7 @@ def test_weight_only_int8_expands_back_to_the_float_weights():
     assert {t.name: t.data_type for t in int8.graph.initializer}["conv_w_q"] == TensorProto.INT8
     back = {t.name: numpy_helper.to_array(t) for t in expand_weights(copy(int8)).graph.initializer}
     assert "conv_w_q" not in back and "conv_w_scale" not in back
-    for name in ("conv_w", "fc_w"):
+    for name in ("conv_w", "fc0_w"):
         w = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == name))
         step = np.abs(w).max() / 127
         assert np.abs(back[name] - w).max() <= step / 2 + 1e-7 and not np.array_equal(back[name], w)
