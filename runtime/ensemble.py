@@ -20,6 +20,7 @@ from runtime.vote import vote
 
 MAX_IMAGES_PER_RUN = 128  # bounded memory: 64 pages per run, or 16 pages of 8 views with D4 TTA
 MAX_PAGES_PER_RUN = 64
+THREADED_LIBRARIES = {"onnxruntime", "torch"}  # once loaded, worker processes are not forked (see Ensemble)
 
 
 @dataclass
@@ -35,9 +36,10 @@ class Ensemble:
     otherwise).
 
     On the CPU, the spec's per-fold CPU graphs run when it has them (else the standard graph): in worker
-    processes, one per CPU up to one per fold, when this process has not loaded onnxruntime yet (process.py:
-    the builds and the element-wise steps then use every core), else one session per fold in this process.
-    ``layout`` says which. ``close`` ends the workers."""
+    processes, one per CPU up to one per fold, when this process has loaded neither onnxruntime nor PyTorch
+    (process.py, ``amf predict``: the builds and the element-wise steps then use every core; a forked child must
+    not inherit those libraries' threads and locks), else one session per fold in this process. ``layout`` says
+    which. ``close`` ends the workers."""
 
     def __init__(self, weights_dir: str | Path, providers: list | None = None, tta: str | None = None,
                  n_pages: int | None = None) -> None:
@@ -71,7 +73,7 @@ class Ensemble:
     def _start_cpu_graphs(self, files: list[Path]) -> None:
         threads = cpu_threads()
         n_workers = min(threads, len(files))
-        if n_workers > 1 and "onnxruntime" not in sys.modules:
+        if n_workers > 1 and not THREADED_LIBRARIES & sys.modules.keys():
             groups = [list(g) for g in np.array_split(np.array(files, dtype=object), n_workers)]
             for group in groups:
                 self._workers.append(SessionWorker(group, max(1, threads // n_workers), self.spec.input_name,

@@ -168,8 +168,8 @@ def run(args: argparse.Namespace) -> int:
         files = expand(args.paths)
         ensemble = Ensemble(args.weights or default_weights(), tta=args.tta)
         note = f" (CUDA not used: {ensemble.device_note})" if ensemble.device_note else ""
-        print(f"{len(files)} file(s); {len(ensemble.thresholds)} fold models on {ensemble.provider}, tta "
-              f"{ensemble.tta}{note}", file=sys.stderr)
+        print(f"{len(files)} file(s); {len(ensemble.thresholds)} fold models on {ensemble.provider} "
+              f"({ensemble.layout}), tta {ensemble.tta}{note}", file=sys.stderr)
         n = predict_files(files, ensemble, args.out, args.batch_size)
     except InputError as exc:
         return fail("input error", exc, EXIT_INPUT)

@@ -260,6 +260,15 @@ class RunOptions:
     mask_source: str = GENERATOR_VERSION
 
 
+def checkpoints(folder: Path, monitor: str, mode: str) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+    """``best.ckpt`` (the selection) and ``last.ckpt``, written after every epoch whether or not the selection
+    improved (Lightning's ``save_last`` writes it only when ``best`` is written): ``--resume`` starts there."""
+    best = ModelCheckpoint(folder, filename="best", monitor=monitor, mode=mode, save_top_k=1,
+                           enable_version_counter=False)
+    latest = ModelCheckpoint(folder, filename="last", save_top_k=1, enable_version_counter=False)
+    return best, latest
+
+
 def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray | None, recipe: Recipe, out: Path,
                options: RunOptions = RunOptions()) -> Path:
     """Train one fold; returns its folder (with model.safetensors + config.json)."""
@@ -291,9 +300,8 @@ def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray | None, recipe: Rec
         fresh = init_weights(module.net, init_file)
         print(f"[{fold.name}] starting from {init_file}" + (f"; {len(fresh)} tensors fresh" if fresh else ""))
     monitor, mode = recipe.selection()
-    best = ModelCheckpoint(folder / "ckpt", filename="best", monitor=monitor, mode=mode, save_last=True,
-                           save_top_k=1, enable_version_counter=False)
-    callbacks = [best, Throughput()]
+    best, latest = checkpoints(folder / "ckpt", monitor, mode)
+    callbacks = [best, latest, Throughput()]
     if recipe.early_stopping:
         # strict=False: --max-steps may end a fold before any validation
         callbacks.append(EarlyStopping(monitor, patience=recipe.early_stopping, mode=mode, strict=False))
