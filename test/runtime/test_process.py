@@ -123,6 +123,20 @@ def test_fresh_process_runs_the_fold_graphs_in_worker_processes(threads, layout,
     np.testing.assert_allclose([r["confidence"] for r in result], [r["confidence"] for r in expected], atol=1e-4)
 
 
+def test_a_fold_graph_a_worker_cannot_load_is_a_model_error(gc_input, tiny_weights, tmp_path):
+    spec = json.loads((tiny_weights / "ensemble.json").read_text())
+    spec["cpu_model_files"] = [f"ensemble.cpu.{i}.onnx" for i in range(4)]
+    (tiny_weights / "ensemble.json").write_text(json.dumps(spec))
+    for name in spec["cpu_model_files"]:
+        (tiny_weights / name).write_bytes(b"not an onnx graph")
+    proc = subprocess.run([sys.executable, str(ROOT / "process.py"), "--input", str(gc_input), "--output",
+                           str(tmp_path / "out"), "--weights", str(tiny_weights)], capture_output=True, text=True,
+                          timeout=120, env=subprocess_env(AMF_THREADS="2"))
+    assert proc.returncode == 4 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"model error: {tiny_weights / 'ensemble.cpu.0.onnx'}: cannot load the ONNX fold")
+    assert not (tmp_path / "out" / OUTPUT_FILE).exists()
+
+
 def test_same_stack_twice_gives_byte_identical_json(gc_input, tiny_weights, tmp_path, capsys):
     for name in ("a", "b"):
         assert run_main(gc_input, tmp_path / name, tiny_weights, capsys)[0] == 0
