@@ -24,6 +24,7 @@ _SIZES = struct.Struct("<II")  # header bytes, payload bytes
 
 
 def send(fd: int, header: dict, array: np.ndarray | None = None) -> None:
+    """One frame: ``header`` (with the array's dtype and shape added), then the array's bytes."""
     payload = b"" if array is None else np.ascontiguousarray(array).tobytes()
     if array is not None:
         header = {**header, "dtype": array.dtype.str, "shape": list(array.shape)}
@@ -34,15 +35,17 @@ def send(fd: int, header: dict, array: np.ndarray | None = None) -> None:
 
 
 def receive(fd: int) -> tuple[dict, np.ndarray | None] | None:
-    """The next frame's (header, array or None); None at the end of the stream."""
+    """The next frame's (header, array or None); None at the end of the stream or of a cut-off frame."""
     sizes = _read_exactly(fd, _SIZES.size)
     if sizes is None:
         return None
     n_header, n_payload = _SIZES.unpack(sizes)
-    header = json.loads(_read_exactly(fd, n_header) or b"{}")
+    text, payload = _read_exactly(fd, n_header), _read_exactly(fd, n_payload)
+    if text is None or payload is None:
+        return None
+    header = json.loads(text)
     if "dtype" not in header:
         return header, None
-    payload = _read_exactly(fd, n_payload) if n_payload else b""
     return header, np.frombuffer(bytearray(payload), np.dtype(header["dtype"])).reshape(header["shape"])
 
 

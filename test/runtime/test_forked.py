@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from runtime.errors import InputError
-from runtime.forked import ForkedRead
+from runtime.forked import ForkedRead, receive, send
 
 
 def pages_of(n: int) -> np.ndarray:
@@ -46,3 +46,22 @@ def test_child_that_dies_without_answering_is_an_error():
 
 
 PARENT = os.getpid()
+
+
+def test_a_frame_cut_off_midway_reads_as_the_end():
+    read, write = os.pipe()
+    send(write, {"seconds": 0.1}, pages_of(2))
+    os.close(write)
+    whole = os.read(read, 1 << 16)
+    os.close(read)
+    for cut in (3, 20, len(whole) - 1):
+        read, write = os.pipe()
+        os.write(write, whole[:cut])
+        os.close(write)
+        assert receive(read) is None
+        os.close(read)
+    read, write = os.pipe()
+    os.write(write, whole)
+    os.close(write)
+    header, array = receive(read)
+    assert header["seconds"] == 0.1 and np.array_equal(array, pages_of(2)) and receive(read) is None
