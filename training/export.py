@@ -5,8 +5,8 @@
 Steps: fold checkpoints -> pruned networks (encoder + classifier) -> one float graph on a shared uint8 NHWC
 input (scaling and normalisation inside) with outputs ``prob`` and ``logit`` [N, F] -> int8 (training/quantize.py:
 static by default, calibrated on a fixed, seeded sample of the manifest's training split) -> the accuracy guard
-(per fold, int8 vs float balanced accuracy on its own validation part of that split, scored through the CPU
-graph: training/cpu_graph.py) and parity (probabilities vs the float model; CPU graphs vs standard graph) -> the
+(per fold, int8 vs float balanced accuracy on its own validation part of that split, scored through the per-fold
+CPU graphs: training/cpu_graph.py) and parity (probabilities vs the float model; CPU graphs vs standard graph) -> the
 ensemble spec ``ensemble.json``. What is written, and how the runtime reads it:
 runtime/contract.py.
 
