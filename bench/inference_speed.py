@@ -59,7 +59,7 @@ def one_page_input(pages: np.ndarray, folder: Path) -> Path:
     return folder
 
 
-def spec_without_cpu_graph(weights: Path, folder: Path) -> None:
+def spec_without_cpu_graphs(weights: Path, folder: Path) -> None:
     import json
 
     from runtime.contract import SPEC_FILE
@@ -75,7 +75,7 @@ def standard_graph_twin(weights: Path, folder: Path) -> Path:
 
     folder.mkdir(parents=True)
     (folder / MODEL_FILE).symlink_to((weights / MODEL_FILE).resolve())
-    spec_without_cpu_graph(weights, folder)
+    spec_without_cpu_graphs(weights, folder)
     return folder
 
 
@@ -87,7 +87,7 @@ def weight_only_twin(weights: Path, folder: Path) -> Path:
               "f.mkdir(parents=True, exist_ok=True); "
               "onnx.save(quantize_weights(expand_weights(onnx.load(str(w / MODEL_FILE)))), str(f / MODEL_FILE))")
     subprocess.run([sys.executable, "-c", script, str(weights), str(folder)], cwd=ROOT, check=True)
-    spec_without_cpu_graph(weights, folder)
+    spec_without_cpu_graphs(weights, folder)
     return folder
 
 

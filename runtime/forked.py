@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.device import CPU, load_onnxruntime, session_options
 from runtime.errors import InputError, ModelError
 
 _SIZES = struct.Struct("<II")  # header bytes, payload bytes
@@ -151,8 +152,6 @@ class SessionWorker:
 
 
 def _serve(files: list[Path], threads: int, input_name: str, output_name: str, read: int, write: int) -> None:
-    from runtime.device import CPU, load_onnxruntime, session_options
-
     ort = load_onnxruntime()
     sessions = []
     for file in files:
