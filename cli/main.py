@@ -198,12 +198,30 @@ def masks(args: argparse.Namespace) -> None:
     masks.run(args)
 
 
+def curves_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=Path, metavar="RUN", help="run folder (one sub-folder per fold), or one fold folder")
+    p.add_argument("--out", type=Path, help="PNG to write (default RUN/curves.png)")
+
+
+def curves(args: argparse.Namespace) -> None:
+    from training import curves
+
+    try:
+        curves.run(args)
+    except curves.CurvesError as exc:
+        raise UsageError(exc) from None
+
+
 COMMANDS: dict[str, tuple[Callable, Callable, str, str]] = {
     # name: (arguments, implementation, one-line help, description)
     "train": (train_args, train, "cross-validated training of a recipe (Lightning)",
               "Train every fold of a recipe (leave one domain out, or slide-grouped k-fold); seed 001's multi-task "
               "network by default. Each fold writes <out>/<fold>/: Lightning checkpoints every epoch, metrics.csv, "
               "and model.safetensors + config.json when it finishes."),
+    "curves": (curves_args, curves, "draw a run's learning curves (PNG) and print its per-fold table",
+               "Per fold, from metrics.csv (also while it trains): validation balanced accuracy of the raw and the "
+               "averaged weights with the selected epoch, and the losses; the table gives the best and selected "
+               "epochs and the mean of the selected scores."),
     "pick": (pick_args, pick, "keep per fold the run whose model scores best on its validation part",
              "For runs of the same folds: copy each fold's model with the highest validation balanced accuracy "
              "(threshold 0.5) to OUT/<fold>/; OUT/selection.json records every candidate."),
@@ -235,6 +253,7 @@ commands:
 
 a typical path (M = a manifest; the shipped model's whole schedule: scripts/reproduce_default.sh):
   amf train --manifest M --split train --preset scratch --epochs 25 --out runs/X
+  amf curves runs/X
   amf calibrate runs/X --manifest M --split train --tta auto
   amf evaluate runs/X --manifest M --split test --out reports/X
   amf export runs/X --manifest M --out weights

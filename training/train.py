@@ -8,6 +8,7 @@ Folds: leave one domain out (``cv=lodo``; validation = that domain) or slide-gro
 when the fold finishes, ``model.safetensors`` + ``config.json`` (see checkpoint.py; LoRA merged). With
 ``--set weight_averaging=ema`` the averaged weights are validated too (``val_avg/*``) and selection picks
 the better of raw and averaged each epoch (``select/score``, ``select/ema``; ``selected_weights`` in config.json).
+The run folder's ``curves.png`` (curves.py, ``amf curves``) is redrawn as each fold finishes.
 ``--resume`` skips finished folds and continues an interrupted one from ``ckpt/last.ckpt``. ``--init RUN``
 starts each fold from the same fold's weights in an earlier run (continued training or fine-tuning).
 CPU runs use bf16 autocast + channels_last; GPUs use AMP; several GPUs use Lightning's DDP.
@@ -33,8 +34,10 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, TensorDataset
 
+from training import curves
 from training.augment import augment, mixup
 from training.checkpoint import WEIGHTS_FILE, init_weights, load_weights_only, save_checkpoint
+from training.curves import CURVES_FILE, EARLIER_METRICS, METRICS_FILE
 from training.data import ManifestError, PatchSet, load_split
 from training.folds import Fold, make_folds
 from training.heads import DomainHead, ProjectionHead, dann_schedule
@@ -51,8 +54,6 @@ from training.masks import GENERATOR_VERSION, generate_masks, load_masks
 from training.network import build_network, has_decoders, to_input
 from training.recipe import PRESETS, Recipe
 from training.sampling import DomainAwareSampler, make_loader
-
-EARLIER_METRICS = "metrics.earlier.csv"  # metrics.csv of the parts before a --resume
 
 
 class MitosisTask(L.LightningModule):
@@ -315,13 +316,13 @@ def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray | None, recipe: Rec
     )
     resuming = resume and last.is_file()
     if resuming and trainer.global_rank == 0:  # Lightning's CSV logger starts metrics.csv afresh
-        _append_metrics(folder / "metrics.csv", folder / EARLIER_METRICS)
+        _append_metrics(folder / METRICS_FILE, folder / EARLIER_METRICS)
     trainer.fit(module, loader, val_loader, ckpt_path=last if resuming else None, weights_only=True)
     if trainer.global_rank != 0:
         return folder
     if (folder / EARLIER_METRICS).is_file():  # one metrics.csv over every resumed part, in order
-        _append_metrics(folder / "metrics.csv", folder / EARLIER_METRICS)
-        (folder / EARLIER_METRICS).rename(folder / "metrics.csv")
+        _append_metrics(folder / METRICS_FILE, folder / EARLIER_METRICS)
+        (folder / EARLIER_METRICS).rename(folder / METRICS_FILE)
     state = load_weights_only(best.best_model_path or last)
     module.load_state_dict(state["state_dict"])
     chosen = state.get("selected_weights", "raw")  # the weights that won at the selected epoch
@@ -340,6 +341,7 @@ def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray | None, recipe: Rec
     save_checkpoint(folder, net.float(), meta)
     print(f"[{fold.name}] selected epoch {meta['selected_epoch']}, {chosen} weights "
           f"({monitor} = {meta['selected_score']})")
+    curves.plot(curves.read_run(out), out / CURVES_FILE, str(out))  # the run's picture, redrawn per fold
     return folder
 
 

@@ -115,6 +115,7 @@ def test_ema_training_logs_both_selects_the_winner_and_resumes_the_average(tmp_p
     # metrics.csv keeps the epoch trained before the interruption (Lightning's logger would start it afresh)
     epochs = [r["epoch"] for r in csv.DictReader((fold / "metrics.csv").open()) if r.get("select/score")]
     assert epochs == ["0", "1"] and not (fold / train.EARLIER_METRICS).exists()
+    assert (out / "curves.png").is_file()  # redrawn as the fold finished
     last = load_weights_only(fold / "ckpt" / "last.ckpt")
     assert last["global_step"] == 2 * first["global_step"]
     assert int(last["state_dict"]["averaged.n_averaged"]) == last["global_step"]
