@@ -23,6 +23,13 @@ DEVICES = ("auto", "cpu", "cuda")
 AUTO = "auto"  # --tta auto: the command chooses the mode on the validation parts
 
 
+def positive_int(text: str) -> int:
+    value = int(text)  # a ValueError reads "invalid positive_int value: 'TEXT'"
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
 def add_runs(p: argparse.ArgumentParser, help: str = "run folder(s) with fold checkpoints, or fold folders") -> None:
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help=help)
 

@@ -54,6 +54,7 @@ from training.masks import GENERATOR_VERSION, generate_masks, load_masks
 from training.network import build_network, has_decoders, to_input
 from training.recipe import PRESETS, Recipe
 from training.sampling import DomainAwareSampler, make_loader
+from training.side_by_side import train_side_by_side
 
 
 class MitosisTask(L.LightningModule):
@@ -390,10 +391,12 @@ def build_recipe(args: argparse.Namespace) -> Recipe:
 ACCELERATORS = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}  # amf's --device -> Lightning's accelerator
 
 
-def run(args: argparse.Namespace, recipe: Recipe) -> None:
-    """``amf train`` (cli/main.py parses the arguments and builds ``recipe`` with :func:`build_recipe`)."""
+def run(args: argparse.Namespace, recipe: Recipe) -> int:
+    """``amf train`` (cli/main.py parses the arguments and builds ``recipe`` with :func:`build_recipe`); the exit
+    status: 0, or 1 when a fold trained side by side (``--jobs``) failed."""
     data = load_split(args.manifest, args.format, args.root, args.split)
-    print(f"{len(data)} patches, {int(data.labels.sum())} atypical, domains {sorted(set(data.domains))}")
+    print(f"{len(data)} patches, {int(data.labels.sum())} atypical, domains {sorted(set(data.domains))}; "
+          f"{torch.get_num_threads()} CPU threads")
     masks = None
     if has_decoders(recipe.network):
         masks = load_masks(args.masks, data.paths, args.root or Path(args.manifest).parent) if args.masks \
@@ -410,5 +413,8 @@ def run(args: argparse.Namespace, recipe: Recipe) -> None:
         init=args.init, max_steps=args.max_steps,
         limit_val_batches=int(args.limit_val_batches) if args.limit_val_batches > 1 else args.limit_val_batches,
         mask_source=f"external:{args.masks}" if args.masks else GENERATOR_VERSION)
+    if args.jobs > 1 and len(folds) > 1:  # the masks are in the cache now: the children read them from there
+        return train_side_by_side(args.argv, args.out, [f.name for f in folds], args.jobs)
     for fold in folds:
         train_fold(fold, data, masks, recipe, args.out, options)
+    return 0

@@ -1,0 +1,50 @@
+"""``amf train --jobs N``: folds trained side by side in processes of their own, the cores shared out as threads."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import AMIBR_FIXTURE
+
+from cli.main import main as amf
+from training.curves import CURVES_FILE
+from training.side_by_side import threads_per_job
+
+FOLDS = ("val-midog21-aperio-cs2", "val-tupac16")
+
+
+def args(tmp_path, *extra: str) -> list[str]:
+    return ["train", "--manifest", str(AMIBR_FIXTURE / "manifest.csv"), "--out", str(tmp_path / "run"),
+            "--batch-size", "4", "--backbone", "resnetv2_18", "--epochs", "1", "--cache", str(tmp_path / "cache"),
+            "--folds", "tupac16,midog21-aperio-cs2", "--device", "cpu", "--jobs", "2", *extra]
+
+
+def test_two_folds_train_at_once_each_in_its_own_process_with_its_share_of_the_cores(tmp_path, capsys):
+    assert amf(args(tmp_path)) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "run"
+    threads = threads_per_job(2)
+    for fold in FOLDS:
+        assert f"[{fold}] started: a process of its own, {threads} thread" in out and f"[{fold}] finished" in out
+        log = (run / f"{fold}.log").read_text()
+        assert f"; {threads} CPU threads" in log  # the child's own torch thread count
+        assert json.loads((run / fold / "config.json").read_text())["fold"]["val_domain"] in fold
+    assert (run / CURVES_FILE).is_file()
+
+
+def test_a_failing_fold_fails_the_command_and_names_its_log(tmp_path, capsys):
+    assert amf(args(tmp_path, "--init", str(tmp_path / "nothing"))) == 1
+    out = capsys.readouterr().out
+    for fold in FOLDS:
+        log = tmp_path / "run" / f"{fold}.log"
+        assert f"[{fold}] failed (exit 1): see {log}" in out
+        assert f"FileNotFoundError: --init {tmp_path / 'nothing'}: neither" in log.read_text()
+
+
+def test_side_by_side_on_a_gpu_is_refused_before_any_data_is_read(tmp_path, capsys):
+    assert amf(["train", "--manifest", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "run"),
+                "--device", "cuda", "--jobs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("amf train: error: --jobs: on a GPU the folds train one after another") and \
+        err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
