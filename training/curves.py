@@ -43,6 +43,15 @@ class FoldCurves:
         i = int(np.nanargmax(values))  # the first epoch at the maximum
         return int(self.epochs[i]), float(values[i])
 
+    def selected(self) -> tuple[int, str, float] | None:
+        """Once the fold has finished: the selected epoch, its weights (raw | ema), and their validation BA there
+        (the selection score itself when selecting on BA, not on the loss)."""
+        if self.config is None or self.config.get("selected_epoch") not in self.epochs:
+            return None
+        epoch, weights = self.config["selected_epoch"], self.config.get("selected_weights", "raw")
+        values = self.series.get(AVERAGED if weights == "ema" else RAW)
+        return (epoch, weights, float(values[list(self.epochs).index(epoch)])) if values is not None else None
+
     def tail_mean(self, metric: str, n: int = TAIL) -> float | None:
         values = self.series.get(metric)
         if values is None:
@@ -91,23 +100,21 @@ def _fmt(best: tuple[int, float] | None) -> str:
 
 def table(folds: list[FoldCurves]) -> str:
     """Markdown: per fold the epochs logged, best raw and averaged validation BA, the mean of the last epochs,
-    and the selection (``config.json``) or ``training``; the last row is the mean of the selected scores."""
+    and the selected model's validation BA (``config.json``) or ``training``; the last row is their mean."""
     lines = ["| fold | epochs | best raw | best averaged | last-10 mean raw / averaged | selected |",
              "|---|---|---|---|---|---|"]
     selected = []
     for f in folds:
         tails = [f.tail_mean(m) for m in (RAW, AVERAGED)]
         tail = " / ".join(f"{t:.4f}" if t is not None else "-" for t in tails)
-        if f.config is not None and isinstance(f.config.get("selected_score"), float):
-            c = f.config
-            selected.append(c["selected_score"])
-            pick = f"**{c['selected_score']:.4f}** (epoch {c['selected_epoch']}, {c.get('selected_weights', 'raw')})"
-        else:
-            pick = "training"
+        pick = f.selected()
+        selected += [pick[2]] if pick else []
+        chosen = f"**{pick[2]:.4f}** (epoch {pick[0]}, {pick[1]})" if pick else "training"
         lines.append(f"| {f.name} | {len(f.epochs)} | {_fmt(f.best(RAW))} | {_fmt(f.best(AVERAGED))} | {tail} "
-                     f"| {pick} |")
+                     f"| {chosen} |")
     if selected:
-        done = f"{len(selected)} of {len(folds)} folds" if len(selected) < len(folds) else f"{len(folds)} folds"
+        n = len(folds)
+        done = f"{len(selected)} of {n} folds" if len(selected) < n else f"{n} fold{'s' * (n > 1)}"
         lines.append(f"| mean selected ({done}) | | | | | **{np.mean(selected):.4f}** |")
     return "\n".join(lines)
 
@@ -127,12 +134,10 @@ def plot(folds: list[FoldCurves], out: Path, title: str) -> Path:
             if metric in f.series:
                 top.plot(f.epochs, f.series[metric], label=label, **style)
         subtitle = f"training: {len(f.epochs)} epochs validated"
-        if f.config is not None and isinstance(f.config.get("selected_score"), float):
-            c = f.config
-            top.plot([c["selected_epoch"]], [c["selected_score"]], marker="*", ms=14, color="#e6a700", ls="none",
-                     label="selected")
-            subtitle = f"selected: epoch {c['selected_epoch']}, {c.get('selected_weights', 'raw')}, " \
-                       f"{c['selected_score']:.3f}"
+        pick = f.selected()
+        if pick is not None:
+            top.plot([pick[0]], [pick[2]], marker="*", ms=14, color="#e6a700", ls="none", label="selected")
+            subtitle = f"selected: epoch {pick[0]}, {pick[1]}, {pick[2]:.3f}"
         top.set_title(f"{f.name}\n{subtitle}", fontsize=9)
         top.set_ylim(0.45, 1.0)
         top.grid(alpha=0.3)

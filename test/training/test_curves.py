@@ -67,6 +67,14 @@ def test_the_table_gives_best_and_selected_per_fold_and_the_mean_of_the_finished
     assert lines[4] == "| mean selected (1 of 2 folds) | | | | | **0.8000** |"
 
 
+def test_a_fold_selected_on_the_loss_reports_the_balanced_accuracy_of_its_selected_epoch(run):
+    (run / "val-b" / curves.CONFIG_FILE).write_text(json.dumps({"selected_epoch": 0, "selected_weights": "raw",
+                                                               "selected_on": "val/loss", "selected_score": 1.0}))
+    b = curves.read_run(run)[1]
+    assert b.selected() == (0, "raw", pytest.approx(0.55))
+    assert curves.table([b]).splitlines()[-1] == "| mean selected (1 fold) | | | | | **0.5500** |"
+
+
 def test_amf_curves_draws_one_column_per_fold_and_prints_the_table(run, capsys):
     assert amf(["curves", str(run)]) == 0
     printed = capsys.readouterr().out
