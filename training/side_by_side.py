@@ -2,7 +2,7 @@
 
 A training step on a small batch does not keep many cores busy, so several fold processes that share the cores
 out as threads train more patches per second than one process that uses them all (on 2 cores, three folds of
-one thread each: about 5 to 10 % more). Each child gets the parent's arguments with ``--folds NAME --jobs 1``
+one thread each: about 30 % more). Each child gets the parent's arguments with ``--folds NAME --jobs 1``
 appended (argparse keeps the last value) and writes its output to ``<out>/<fold>.log``. On a GPU, folds run one
 after another: processes sharing one GPU were slower per fold than the folds one at a time.
 """
