@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score
 
-from training.checkpoint import CONFIG_FILE, WEIGHTS_FILE, find_fold_checkpoints, load_pruned
+from training.checkpoint import find_fold_checkpoints, load_pruned
 from training.data import ManifestError, PatchSet, load_split
 from training.evaluate import predict
 from training.folds import Fold
+from training.run_files import CONFIG_FILE, WEIGHTS_FILE
 
 GRID = np.round(np.arange(0.2, 0.81, 0.01), 2)
 

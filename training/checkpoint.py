@@ -14,9 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from training.network import NetworkConfig, build_network
-
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
+from training.run_files import CONFIG_FILE, WEIGHTS_FILE
 
 
 def save_checkpoint(folder: str | Path, net: nn.Module, meta: dict) -> Path:

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-METRICS_FILE, CONFIG_FILE = "metrics.csv", "config.json"
-CURVES_FILE = "curves.png"  # in the run folder: amf train redraws it as each fold finishes
-EARLIER_METRICS = "metrics.earlier.csv"  # metrics.csv of the parts before a --resume, until the fold finishes
+from training.run_files import CONFIG_FILE, CURVES_FILE, EARLIER_METRICS, METRICS_FILE
+
 RAW, AVERAGED = "val/ba", "val_avg/ba"
 LOSSES = (("train/loss", "training"), ("val/loss", "validation"))
 TAIL = 10  # epochs in the "mean of the last epochs" column

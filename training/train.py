@@ -36,8 +36,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from training import curves
 from training.augment import augment, mixup
-from training.checkpoint import WEIGHTS_FILE, init_weights, load_weights_only, save_checkpoint
-from training.curves import CURVES_FILE, EARLIER_METRICS, METRICS_FILE
+from training.checkpoint import init_weights, load_weights_only, save_checkpoint
 from training.data import ManifestError, PatchSet, load_split
 from training.folds import Fold, make_folds
 from training.heads import DomainHead, ProjectionHead, dann_schedule
@@ -53,6 +52,7 @@ from training.losses import (
 from training.masks import GENERATOR_VERSION, generate_masks, load_masks
 from training.network import build_network, has_decoders, to_input
 from training.recipe import PRESETS, Recipe
+from training.run_files import CURVES_FILE, EARLIER_METRICS, METRICS_FILE, WEIGHTS_FILE
 from training.sampling import DomainAwareSampler, make_loader
 from training.side_by_side import train_side_by_side
 
