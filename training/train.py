@@ -395,7 +395,8 @@ def run(args: argparse.Namespace, recipe: Recipe) -> int:
     """``amf train`` (cli/main.py parses the arguments and builds ``recipe`` with :func:`build_recipe`); the exit
     status: 0, or 1 when a fold trained side by side (``--jobs``) failed."""
     data = load_split(args.manifest, args.format, args.root, args.split)
-    print(f"{len(data)} patches, {int(data.labels.sum())} atypical, domains {sorted(set(data.domains))}; "
+    domains = ", ".join(sorted(set(map(str, data.domains))))
+    print(f"{len(data)} patches, {int(data.labels.sum())} atypical, domains {domains}; "
           f"{torch.get_num_threads()} CPU threads")
     masks = None
     if has_decoders(recipe.network):
@@ -414,7 +415,11 @@ def run(args: argparse.Namespace, recipe: Recipe) -> int:
         limit_val_batches=int(args.limit_val_batches) if args.limit_val_batches > 1 else args.limit_val_batches,
         mask_source=f"external:{args.masks}" if args.masks else GENERATOR_VERSION)
     if args.jobs > 1 and len(folds) > 1:  # the masks are in the cache now: the children read them from there
-        return train_side_by_side(args.argv, args.out, [f.name for f in folds], args.jobs)
+        finished = {f.name for f in folds if args.resume and (args.out / f.name / WEIGHTS_FILE).is_file()}
+        for name in sorted(finished):
+            print(f"[{name}] finished earlier, skipped")
+        todo = [f.name for f in folds if f.name not in finished]
+        return train_side_by_side(args.argv, args.out, todo, args.jobs) if todo else 0
     for fold in folds:
         train_fold(fold, data, masks, recipe, args.out, options)
     return 0

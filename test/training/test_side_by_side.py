@@ -31,6 +31,10 @@ def test_two_folds_train_at_once_each_in_its_own_process_with_its_share_of_the_c
         assert json.loads((run / fold / "config.json").read_text())["fold"]["val_domain"] in fold
     assert (run / CURVES_FILE).is_file()
 
+    assert amf(args(tmp_path, "--resume")) == 0  # finished folds are skipped here, not in a child process
+    out = capsys.readouterr().out
+    assert all(f"[{fold}] finished earlier, skipped" in out for fold in FOLDS) and "started" not in out
+
 
 def test_a_failing_fold_fails_the_command_and_names_its_log(tmp_path, capsys):
     assert amf(args(tmp_path, "--init", str(tmp_path / "nothing"))) == 1
