@@ -78,7 +78,8 @@ def train_args(p: argparse.ArgumentParser) -> None:
     x.add_argument("--precision", help="Lightning precision (default bf16-mixed)")
     x.add_argument("--jobs", type=positive_int, default=1, metavar="N",
                    help="CPU: train N folds at once, each in a process of its own with the cores shared out as "
-                        "threads, output in OUT/<fold>.log (more patches/s than one process; default 1)")
+                        "threads, output in OUT/<fold>.log (up to one per core: more patches/s than one process; "
+                        "default 1)")
     x.add_argument("--max-steps", type=int, default=-1, metavar="N",
                    help="stop each fold after this many steps (smoke runs)")
     x.add_argument("--limit-val-batches", type=float, default=1.0, metavar="N", help="a fraction, or a count when > 1")

@@ -1,8 +1,9 @@
 """``amf train --jobs N``: train folds side by side on the CPU, each in an ``amf train`` process of its own.
 
 A training step on a small batch does not keep many cores busy, so several fold processes that share the cores
-out as threads train more patches per second than one process that uses them all (on 2 cores, three folds of
-one thread each: about 30 % more). Each child gets the parent's arguments with ``--folds NAME --jobs 1``
+out as threads train more patches per second than one process that uses them all (on 2 cores, two folds of one
+thread each: about 30 % more). More processes than cores take turns on them (on 2 cores, three folds trained no
+faster in all than one process). Each child gets the parent's arguments with ``--folds NAME --jobs 1``
 appended (argparse keeps the last value) and writes its output to ``<out>/<fold>.log``. On a GPU, folds run one
 after another: processes sharing one GPU were slower per fold than the folds one at a time.
 """
@@ -36,7 +37,10 @@ def _train_one(argv: list[str], out: Path, fold: str, threads: int) -> int:
 
 def train_side_by_side(argv: list[str], out: Path, folds: list[str], jobs: int) -> int:
     """Train ``folds`` (names), ``jobs`` at a time; 0 when every fold finished, else 1 (the failures named)."""
-    threads = threads_per_job(jobs)
+    threads, cpus = threads_per_job(jobs), len(os.sched_getaffinity(0))
+    if jobs > cpus:
+        print(f"note: --jobs {jobs} on {cpus} CPU{'s' * (cpus > 1)}: more fold processes than cores take turns on "
+              "them (--jobs at most the core count trains fastest)", flush=True)
     with ThreadPoolExecutor(jobs) as pool:
         codes = list(pool.map(lambda fold: _train_one(argv, out, fold, threads), folds))
     return 1 if any(codes) else 0

@@ -7,6 +7,7 @@ import json
 from conftest import AMIBR_FIXTURE
 
 from cli.main import main as amf
+from training import side_by_side
 from training.curves import CURVES_FILE
 from training.side_by_side import threads_per_job
 
@@ -52,3 +53,11 @@ def test_side_by_side_on_a_gpu_is_refused_before_any_data_is_read(tmp_path, caps
     assert err.startswith("amf train: error: --jobs: on a GPU the folds train one after another") and \
         err.count("\n") == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_more_jobs_than_cores_are_named_in_a_note(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(side_by_side.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert side_by_side.train_side_by_side([], tmp_path, [], 3) == 0
+    assert capsys.readouterr().out.startswith("note: --jobs 3 on 2 CPUs: more fold processes than cores")
+    assert side_by_side.train_side_by_side([], tmp_path, [], 2) == 0
+    assert "note" not in capsys.readouterr().out
