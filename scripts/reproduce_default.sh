@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Reproduce the shipped ensemble: train the 4 LODO folds on the AMi-Br train split, 50 epochs each with an
 # exponential moving average of the weights (preset scratch, weight_averaging=ema), each fold keeping the epoch
-# and the weights (raw or averaged) that score best on its validation domain; draw the learning curves; choose
-# threshold and TTA on validation; evaluate on the test split; export to weights/, refresh
+# and the weights (raw or averaged) that score best on its validation domain; draw the learning curves; score
+# the threshold and TTA choices on validation (amf calibrate: the shipped ensemble keeps 0.5 and no TTA, as
+# weights/README.md explains); evaluate on the test split; export to weights/, refresh
 # test/output/expected_output.json and score the exported ensemble through the container's code path.
 # Resumable: rerun after an interruption (finished folds are skipped, the current one continues).
-# Env: JOBS (folds trained at once on the CPU, default 1), BASE, AMF (default .venv/bin/amf),
+# Env: JOBS (folds trained at once on the CPU, at most the core count; default 1), BASE, AMF (default .venv/bin/amf),
 # PYTHON (for process.py; default .venv/bin/python).
 # The previous ensemble's schedule (25 epochs + two 10-epoch rounds) and its single-task ablation:
 # scripts/reproduce_e25_rounds.sh.
