@@ -50,6 +50,7 @@ class Recipe:
     # the better of the two each epoch
     weight_averaging: str = "none"
     ema_decay: float = 0.999  # horizon ~1/(1-decay) steps; one LODO fold epoch is ~90 steps of batch 24
+    ema_warmup: bool = False  # decay min(ema_decay, (1 + n) / (10 + n)) after n updates: no long memory of the start
     seed: int = 0
     network: NetworkConfig = field(default_factory=NetworkConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)

@@ -57,6 +57,20 @@ from training.sampling import DomainAwareSampler, make_loader
 from training.side_by_side import train_side_by_side
 
 
+def ema_update(decay: float, warmup: bool):
+    """AveragedModel's update, ``ema = d * ema + (1 - d) * current`` (torch's EMA). With ``warmup`` the decay grows
+    with the updates so far, ``d = min(decay, (1 + n) / (10 + n))`` (the ``num_updates`` rule of TensorFlow's
+    ExponentialMovingAverage): the average forgets the random start within the first epochs instead of carrying
+    it for ~1/(1 - decay) steps."""
+    if not warmup:
+        return get_ema_multi_avg_fn(decay)
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
+        get_ema_multi_avg_fn(min(decay, (1 + int(n)) / (10 + int(n))))(averaged, current, n)
+
+    return update
+
+
 class MitosisTask(L.LightningModule):
     """Wraps a network from :func:`build_network` with the recipe's losses, augmentation and metrics.
 
@@ -93,7 +107,7 @@ class MitosisTask(L.LightningModule):
         # EMA of the parameters AND the buffers (BatchNorm running statistics), in fp32 like the net's
         # parameters (autocast leaves them fp32); frozen so the optimizer skips it; a submodule, so it is in the
         # Lightning checkpoints and --resume continues it. torch._foreach_lerp_ updates all tensors at once.
-        self.averaged = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(r.ema_decay),
+        self.averaged = AveragedModel(self.net, multi_avg_fn=ema_update(r.ema_decay, r.ema_warmup),
                                       use_buffers=True).requires_grad_(False) if r.weight_averaging == "ema" else None
         self.selected_weights = "raw"  # which weights won the latest validation: raw | ema
         self._val_probs: dict[str, list[torch.Tensor]] = {}  # per metric prefix: val (raw), val_avg (averaged)

@@ -21,9 +21,9 @@ from training.recipe import PRESETS, Recipe
 SMALL = NetworkConfig(backbone="resnetv2_18", head_hidden=(32, 16), decoder_channels=(32, 16, 8))
 
 
-def ema_task(decay: float) -> train.MitosisTask:
+def ema_task(decay: float, warmup: bool = False) -> train.MitosisTask:
     torch.manual_seed(0)
-    recipe = Recipe(weight_averaging="ema", ema_decay=decay, network=SMALL)
+    recipe = Recipe(weight_averaging="ema", ema_decay=decay, ema_warmup=warmup, network=SMALL)
     return train.MitosisTask(recipe.to_dict(), (1.0, 1.0), steps_per_epoch=1)
 
 
@@ -52,6 +52,27 @@ def test_averaged_parameters_are_the_closed_form_ema_and_not_optimized():
         torch.testing.assert_close(p, torch.full_like(p, expected))
     optimized = {id(p) for group in task.configure_optimizers().param_groups for p in group["params"]}
     assert optimized == {id(p) for p in task.net.parameters()}
+
+
+def test_warmup_lowers_the_decay_of_the_first_updates_only():
+    task, values = ema_task(0.5, warmup=True), [4.0, 1.0, 2.0, -1.0, 3.0, 0.0, 5.0, 1.0, 2.0, 7.0, -2.0, 1.0, 6.0]
+    expected = None
+    for n, v in enumerate(values):  # n updates so far: decay min(0.5, (1 + n) / (10 + n)), 0.5 from n = 8 on
+        with torch.no_grad():
+            for p in task.net.parameters():
+                p.fill_(v)
+        task.on_train_batch_end(None, None, n)
+        d = min(0.5, (1 + n) / (10 + n))
+        expected = v if expected is None else d * expected + (1 - d) * v
+    for p in task.averaged.module.parameters():
+        torch.testing.assert_close(p, torch.full_like(p, expected))
+    plain = ema_task(0.5)
+    for v in values:
+        with torch.no_grad():
+            for p in plain.net.parameters():
+                p.fill_(v)
+        plain.on_train_batch_end(None, None, 0)
+    assert not torch.allclose(next(plain.averaged.module.parameters()), torch.tensor(expected))
 
 
 def test_averaged_batchnorm_statistics_are_the_ema_of_the_raw_ones():
