@@ -292,9 +292,6 @@ def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray | None, recipe: Rec
                                                      options.precision, options.init)
     max_steps, limit_val_batches, mask_source = options.max_steps, options.limit_val_batches, options.mask_source
     folder = out / fold.name
-    if resume and (folder / WEIGHTS_FILE).is_file():
-        print(f"[{fold.name}] finished earlier, skipped")
-        return folder
     train_idx, val_idx, _ = fold.indices(data.domains, data.slides)
     if not len(train_idx) or not len(val_idx):  # selection needs a validation part
         raise ManifestError(f"fold {fold.name}: {len(train_idx)} training and {len(val_idx)} validation patches in "
@@ -412,15 +409,19 @@ def run(args: argparse.Namespace, recipe: Recipe) -> int:
     domains = ", ".join(sorted(set(map(str, data.domains))))
     print(f"{len(data)} patches, {int(data.labels.sum())} atypical, domains {domains}; "
           f"{torch.get_num_threads()} CPU threads")
-    masks = None
-    if has_decoders(recipe.network):
-        masks = load_masks(args.masks, data.paths, args.root or Path(args.manifest).parent) if args.masks \
-            else generate_masks(data.images, args.cache)
     folds = make_folds(recipe.cv, data.domains, data.labels, data.slides, n_splits=recipe.n_splits,
                        hold_out_test=args.hold_out_test, seed=recipe.seed)
     if args.folds:
         wanted = args.folds.split(",")
         folds = [f for f in folds if f.val_domain in wanted or f.name in wanted]
+    if args.resume:  # a fold with its final weights is done
+        for fold in (f for f in folds if (args.out / f.name / WEIGHTS_FILE).is_file()):
+            print(f"[{fold.name}] finished earlier, skipped")
+        folds = [f for f in folds if not (args.out / f.name / WEIGHTS_FILE).is_file()]
+    masks = None
+    if has_decoders(recipe.network) and folds:
+        masks = load_masks(args.masks, data.paths, args.root or Path(args.manifest).parent) if args.masks \
+            else generate_masks(data.images, args.cache)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
     options = RunOptions(
@@ -429,11 +430,7 @@ def run(args: argparse.Namespace, recipe: Recipe) -> int:
         limit_val_batches=int(args.limit_val_batches) if args.limit_val_batches > 1 else args.limit_val_batches,
         mask_source=f"external:{args.masks}" if args.masks else GENERATOR_VERSION)
     if args.jobs > 1 and len(folds) > 1:  # the masks are in the cache now: the children read them from there
-        finished = {f.name for f in folds if args.resume and (args.out / f.name / WEIGHTS_FILE).is_file()}
-        for name in sorted(finished):
-            print(f"[{name}] finished earlier, skipped")
-        todo = [f.name for f in folds if f.name not in finished]
-        return train_side_by_side(args.argv, args.out, todo, args.jobs) if todo else 0
+        return train_side_by_side(args.argv, args.out, [f.name for f in folds], args.jobs)
     for fold in folds:
         train_fold(fold, data, masks, recipe, args.out, options)
     return 0
