@@ -208,6 +208,27 @@ def masks(args: argparse.Namespace) -> None:
     masks.run(args)
 
 
+def augment_args(p: argparse.ArgumentParser) -> None:
+    add_data(p, split="train", split_help="draw from this split")
+    add_out(p, "PNG to write")
+    p.add_argument("--preset", default="scratch", choices=PRESETS, metavar="NAME",
+                   help=f"{' | '.join(PRESETS)} (default scratch)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field, e.g. "
+                   "augment.jpeg_p=1 (as amf train)")
+    p.add_argument("--views", type=positive_int, default=7, help="augmented views per patch (default 7)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def augment(args: argparse.Namespace) -> None:
+    from training import augment_sample, recipe
+
+    try:
+        chosen = recipe.PRESETS[args.preset].with_overrides(args.set or [])
+    except ValueError as exc:  # the recipe's checks name the valid fields
+        raise UsageError(exc) from None
+    augment_sample.run(args, chosen)
+
+
 def curves_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, metavar="RUN", help="run folder (one sub-folder per fold), or one fold folder")
     p.add_argument("--out", type=Path, help="PNG to write (default RUN/curves.png)")
@@ -250,6 +271,9 @@ COMMANDS: dict[str, tuple[Callable, Callable, str, str]] = {
     "predict": (predict_args, predict, "predict folders, manifests or stacks with an exported ensemble (CSV)",
                 "The container's ensemble on many patches or stacks in one process, with a progress line. "
                 "Exit codes as process.py: 0 done, 2 input error, 3 output not writable, 4 model error."),
+    "augment": (augment_args, augment, "draw a recipe's training augmentation on real patches (PNG)",
+                "Per domain, an atypical and a normal patch as read, then augmented views drawn as in training, "
+                "with the generated mask's outline following the geometry (as in docs/augment-strong.png)."),
     "masks": (masks_args, masks, "draw a sample of the built-in generator's masks (PNG)",
               "Per domain, a row of atypical then normal patches with their generated mask outlined "
               "(red = atypical, green = normal), as in docs/masks.png."),

@@ -14,8 +14,9 @@ from pathlib import Path
 from runtime.contract import TTA_MODES
 
 FORMATS = ("amibr", "midog25", "folders")  # training/data.py: FORMATS + the class-folder layout
-PRESETS = ("h-optimus-0-lora", "scratch", "seed001", "seed002-efficientnetv2-m", "seed002-swin-b", "seed002-vit-l16",
-           "seed003", "uni-linear", "uni-lora", "virchow-lora", "virchow2-lora")  # training/recipe.py: PRESETS
+# training/recipe.py: PRESETS
+PRESETS = ("h-optimus-0-lora", "scratch", "scratch-strong", "seed001", "seed002-efficientnetv2-m", "seed002-swin-b",
+           "seed002-vit-l16", "seed003", "uni-linear", "uni-lora", "virchow-lora", "virchow2-lora")
 SELECTIONS = ("val_ba", "val_loss")  # training/recipe.py: SELECTIONS
 QUANTIZE_MODES = ("static", "weights")  # training/quantize.py: MODES
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")  # training/quantize.py: CALIBRATION_METHODS

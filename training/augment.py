@@ -1,10 +1,14 @@
 """Batch augmentation on the training device, applied to images and masks alike.
 
 Geometry: a random element of the dihedral group D4 (90-degree rotations and flips), or flips only,
-composed with a free rotation and an optional random resized crop, done as one affine resampling
-(bilinear + reflection for images, nearest for masks).
+composed with a free rotation, a scale jitter about the centre and an optional random resized crop, done as
+one affine resampling (bilinear + reflection for images, nearest for masks); the output size never changes.
 Colour: H&E stain augmentation (per-image scale and shift of the hematoxylin, eosin and DAB optical
 densities, Tellez et al. 2018) plus colour jitter (brightness, contrast, saturation, hue).
+Scanner: Gaussian blur (focus), Gaussian noise (sensor) and JPEG compression (the slide's storage), in that
+order, after the colour; images only (none moves a pixel of the mask).
+Every step is off at its default and then draws no random numbers, so recipes written before a step existed
+train exactly as they did.
 MixUp (Zhang et al. 2018, seed 003): images and targets blended with a partner, for classifier-only networks.
 """
 
@@ -16,6 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.io import decode_jpeg, encode_jpeg
 
 # Ruifrok & Johnston stain vectors (as in scikit-image's rgb2hed); rows: H, E, DAB.
 RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
@@ -38,6 +43,11 @@ class AugmentConfig:
     contrast: float = 0.1  # around the image mean, U(1-c, 1+c)
     saturation: float = 0.0  # blend with the gray image, U(1-s, 1+s)
     hue: float = 0.0  # rotation of the chroma plane (YIQ) by U(-h, h) turns
+    scale: float = 0.0  # zoom about the centre by U(1-s, 1+s) (content larger or smaller, size kept); 0 = off
+    blur_sigma: float = 0.0  # Gaussian blur, sigma U(0, b) pixels per image; 0 = off
+    noise_std: float = 0.0  # additive Gaussian noise, std U(0, n) per image (intensities in [0, 1]); 0 = off
+    jpeg_p: float = 0.0  # probability that an image is JPEG-compressed; 0 = off
+    jpeg_quality: tuple[int, int] = (40, 95)  # ... at a quality drawn uniformly from this range (inclusive)
 
     @classmethod
     def from_dict(cls, d: dict) -> AugmentConfig:
@@ -95,6 +105,7 @@ def random_geometry(n: int, cfg: AugmentConfig, device: torch.device,
         flip = torch.where(rand() < 0.5, -1.0, 1.0)
     if cfg.rotation_deg:
         angle += (2 * rand() - 1) * math.radians(cfg.rotation_deg)
+    zoom = 1 + cfg.scale * (2 * rand() - 1) if cfg.scale else torch.ones(n, device=device)
     # random resized crop: output pixels sample a (w, h) window (fractions of the side) at a random offset
     w = h = torch.ones(n, device=device)
     tx = ty = torch.zeros(n, device=device)
@@ -104,22 +115,70 @@ def random_geometry(n: int, cfg: AugmentConfig, device: torch.device,
         ratio = torch.exp(log_lo + (log_hi - log_lo) * rand())
         w, h = (area * ratio).sqrt().clamp(max=1), (area / ratio).sqrt().clamp(max=1)
         tx, ty = (1 - w) * (2 * rand() - 1), (1 - h) * (2 * rand() - 1)
-    cos, sin = torch.cos(angle), torch.sin(angle)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom  # output pixels sample a window 1/zoom wide
     rows = [torch.stack([cos * flip * w, -sin * h, tx], 1), torch.stack([sin * flip * w, cos * h, ty], 1)]
     return torch.stack(rows, 1)
+
+
+def gaussian_blur(rgb: torch.Tensor, max_sigma: float, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Separable Gaussian blur with a sigma of U(0, max_sigma) pixels per image (reflected borders). Written here
+    because torchvision's ``gaussian_blur`` takes one sigma per call, not one per image of a batch."""
+    n, c, hgt, wid = rgb.shape
+    sigma = (max_sigma * torch.rand(n, generator=gen, device=rgb.device)).clamp_min(1e-3)
+    radius = max(1, math.ceil(3 * max_sigma))
+    taps = torch.arange(-radius, radius + 1, device=rgb.device, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (taps[None] / sigma[:, None]) ** 2)
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)[:, None]  # [N*C, 1, K]
+    with torch.autocast(rgb.device.type, enabled=False):  # float32 like the other steps, also under bf16 training
+        x = F.pad(rgb.float().reshape(1, n * c, hgt, wid), (radius, radius, radius, radius), mode="reflect")
+        x = F.conv2d(x, kernel[..., None, :], groups=n * c)  # along rows
+        x = F.conv2d(x, kernel[..., :, None], groups=n * c)  # along columns
+    return x.reshape(n, c, hgt, wid).to(rgb.dtype)
+
+
+def gaussian_noise(rgb: torch.Tensor, max_std: float, gen: torch.Generator | None = None) -> torch.Tensor:
+    std = max_std * torch.rand(rgb.shape[0], 1, 1, 1, generator=gen, device=rgb.device)
+    return rgb + std * torch.randn(rgb.shape, generator=gen, device=rgb.device, dtype=rgb.dtype)
+
+
+def jpeg(rgb: torch.Tensor, p: float, quality: tuple[int, int], gen: torch.Generator | None = None) -> torch.Tensor:
+    """JPEG-compress each image with probability ``p`` at a quality drawn from ``quality`` (torchvision's libjpeg
+    codec, on the CPU); the others pass unchanged."""
+    n = rgb.shape[0]
+    chosen = torch.rand(n, generator=gen, device=rgb.device) < p
+    qualities = torch.randint(quality[0], quality[1] + 1, (n,), generator=gen, device=rgb.device)
+    picked = chosen.nonzero()[:, 0].tolist()
+    if not picked:
+        return rgb
+    pixels = (rgb[picked].clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    coded = [decode_jpeg(encode_jpeg(image, quality=int(qualities[i]))) for image, i in zip(pixels, picked)]
+    out = rgb.clone()
+    out[picked] = (torch.stack(coded).to(rgb.device, rgb.dtype) / 255)
+    return out
+
+
+def scanner(rgb: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Focus, sensor and storage: blur, then noise, then JPEG (each off at 0)."""
+    if cfg.blur_sigma:
+        rgb = gaussian_blur(rgb, cfg.blur_sigma, gen)
+    if cfg.noise_std:
+        rgb = gaussian_noise(rgb, cfg.noise_std, gen).clamp(0, 1)
+    if cfg.jpeg_p:
+        rgb = jpeg(rgb, cfg.jpeg_p, tuple(cfg.jpeg_quality), gen)
+    return rgb
 
 
 def augment(images: torch.Tensor, masks: torch.Tensor | None, cfg: AugmentConfig,
             gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """images float [N,3,H,W] in [0,1]; masks integer [N,H,W] (class per pixel) or None."""
-    if cfg.d4 or cfg.flips or cfg.rotation_deg or tuple(cfg.crop_scale) != (1.0, 1.0):
+    if cfg.d4 or cfg.flips or cfg.rotation_deg or cfg.scale or tuple(cfg.crop_scale) != (1.0, 1.0):
         theta = random_geometry(images.shape[0], cfg, images.device, gen)
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
         images = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
         if masks is not None:
             m = F.grid_sample(masks[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
             masks = m[:, 0].round().to(masks.dtype)
-    return stain_jitter(images, cfg, gen), masks
+    return scanner(stain_jitter(images, cfg, gen), cfg, gen), masks
 
 
 def mixup_params(n: int, alpha: float, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -86,3 +86,85 @@ def test_mixup_is_reproducible_and_alpha_zero_is_identity():
     assert same[0] is images and same[1] is targets
     half = mixup(images.bfloat16(), targets, 0.2, torch.Generator().manual_seed(7))[0]
     assert half.dtype == torch.bfloat16
+
+
+# ---- scanner-realistic steps: scale jitter, blur, noise, JPEG (off by default) ----
+
+SCANNER_OFF = dict(d4=False, rotation_deg=0, **NO_COLOUR)
+
+
+def _disc(n: int = 6, size: int = 64, radius: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    inside = ((yy - size / 2 + 0.5) ** 2 + (xx - size / 2 + 0.5) ** 2) < radius**2
+    image = torch.where(inside, 0.2, 0.9).expand(n, 3, size, size).contiguous()
+    return image, inside.long().expand(n, size, size).contiguous() * 2
+
+
+def test_scale_jitter_zooms_about_the_centre_and_the_mask_follows():
+    image, mask = _disc()
+    out, m = augment(image, mask, AugmentConfig(**SCANNER_OFF, scale=0.15), torch.Generator().manual_seed(1))
+    assert out.shape == image.shape and out.dtype == image.dtype and m.shape == mask.shape and m.dtype == mask.dtype
+    ratio = m.bool().sum((1, 2)).float() / mask.bool().sum((1, 2)).float()  # area grows as zoom**2
+    assert ((ratio > 0.85**2 - 0.05) & (ratio < 1.15**2 + 0.05)).all() and ratio.std() > 0.02
+    dark = out[:, 0] < 0.55  # the image's disc is where the mask's is, and both stay centred
+    assert (dark == m.bool()).float().mean() > 0.99
+    assert (m[:, 31:33, 31:33] == 2).all()
+
+
+def test_blur_is_local_averaging_and_keeps_flat_images():
+    image, _ = _disc()
+    out, _ = augment(image, None, AugmentConfig(**SCANNER_OFF, blur_sigma=2.0), torch.Generator().manual_seed(0))
+    assert out.shape == image.shape and out.dtype == image.dtype
+    edges = lambda x: (x[..., 1:] - x[..., :-1]).abs().amax((1, 2, 3))  # noqa: E731
+    assert (edges(out) < edges(image)).all()
+    torch.testing.assert_close(out.mean((1, 2, 3)), image.mean((1, 2, 3)), atol=2e-3, rtol=0)
+    flat = torch.full((3, 3, 16, 16), 0.5)
+    torch.testing.assert_close(augment(flat, None, AugmentConfig(**SCANNER_OFF, blur_sigma=1.5))[0], flat)
+
+
+def test_noise_has_a_random_strength_per_image_up_to_the_maximum():
+    image = torch.full((16, 3, 64, 64), 0.5)
+    out, _ = augment(image, None, AugmentConfig(**SCANNER_OFF, noise_std=0.05), torch.Generator().manual_seed(0))
+    std = (out - image).std((1, 2, 3))
+    assert out.dtype == image.dtype and (std < 0.05 * 1.05).all() and std.max() > 0.025 and std.min() < std.max() / 2
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_jpeg_compresses_a_chosen_share_at_a_drawn_quality():
+    image = torch.rand(32, 3, 32, 32)
+    cfg = AugmentConfig(**SCANNER_OFF, jpeg_p=0.5, jpeg_quality=(10, 10))
+    out, _ = augment(image, None, cfg, torch.Generator().manual_seed(0))
+    changed = (out - image).abs().amax((1, 2, 3)) > 0.05
+    assert out.shape == image.shape and out.dtype == image.dtype and 8 <= int(changed.sum()) <= 24
+    assert torch.equal(out[~changed], image[~changed])
+    every, _ = augment(image, None, AugmentConfig(**SCANNER_OFF, jpeg_p=1.0, jpeg_quality=(95, 95)))
+    assert 0 < (every - image).abs().mean() < (out[changed] - image[changed]).abs().mean()  # higher quality: closer
+
+
+def test_every_new_step_off_is_the_identity_and_draws_nothing():
+    """The defaults (off) leave a batch as the geometry and colour made it, and the random stream untouched, so
+    recipes written before these steps existed train exactly as they did."""
+    image, mask = _disc()
+    cfg = AugmentConfig()
+    assert (cfg.scale, cfg.blur_sigma, cfg.noise_std, cfg.jpeg_p) == (0, 0, 0, 0)
+    a = augment(image, mask, cfg, torch.Generator().manual_seed(4))
+    gen = torch.Generator().manual_seed(4)
+    b = augment(image, mask, cfg, gen)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    old = torch.Generator().manual_seed(4)  # the draws the geometry and colour make, and nothing after them
+    from training.augment import random_geometry
+    random_geometry(len(image), cfg, image.device, old)
+    stain_jitter(image, cfg, old)
+    assert torch.equal(gen.get_state(), old.get_state())
+    still = AugmentConfig(**SCANNER_OFF)
+    assert torch.equal(augment(image, mask, still)[0], image)
+
+
+def test_the_strong_preset_keeps_shape_dtype_range_and_masks():
+    from training.recipe import PRESETS
+    cfg = PRESETS["scratch-strong"].augment
+    assert PRESETS["scratch"].augment.jpeg_p == 0 and cfg.jpeg_p > 0 and cfg.scale > 0
+    image, mask = _disc(8, 128, 20)
+    out, m = augment(image, mask, cfg, torch.Generator().manual_seed(2))
+    assert out.shape == image.shape and out.dtype == image.dtype and m.dtype == mask.dtype
+    assert out.min() >= 0 and out.max() <= 1 and set(m.unique().tolist()) <= {0, 2}
