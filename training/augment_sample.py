@@ -36,12 +36,13 @@ def run(args: argparse.Namespace, recipe: Recipe) -> None:
     """``amf augment`` (arguments and the recipe: cli/main.py)."""
     data = load_split(args.manifest, args.format, args.root, args.split)
     rng = np.random.default_rng(args.seed)
-    picked = np.concatenate([rng.choice(np.flatnonzero((data.domains == d) & (data.labels == y)), 1, replace=False)
-                             for d in sorted(set(data.domains)) for y in (1, 0)])
+    pools = [np.flatnonzero((data.domains == d) & (data.labels == y))
+             for d in sorted(set(data.domains)) for y in (1, 0)]
+    picked = np.array([rng.choice(pool) for pool in pools if len(pool)])
     sample = data.subset(picked)
     tiles, outlines = sample_views(sample.images, generate_masks(sample.images), recipe.augment, args.views, args.seed)
     labels = np.repeat(sample.labels, args.views + 1)
     h, w = tiles.shape[2:4]
     save_mask_grid(tiles.reshape(-1, h, w, 3), outlines.reshape(-1, h, w), labels, args.out, columns=args.views + 1)
-    print(f"wrote {args.out}: {len(sample)} patches (one atypical and one normal per domain), "
+    print(f"wrote {args.out}: {len(sample)} patches (an atypical and a normal one per domain), "
           f"each then {args.views} views of preset {args.preset}")

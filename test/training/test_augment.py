@@ -168,3 +168,20 @@ def test_the_strong_preset_keeps_shape_dtype_range_and_masks():
     out, m = augment(image, mask, cfg, torch.Generator().manual_seed(2))
     assert out.shape == image.shape and out.dtype == image.dtype and m.dtype == mask.dtype
     assert out.min() >= 0 and out.max() <= 1 and set(m.unique().tolist()) <= {0, 2}
+
+
+def test_amf_augment_draws_each_patch_then_its_views(tmp_path, capsys):
+    from conftest import AMIBR_FIXTURE
+    from PIL import Image
+
+    from cli.main import main
+
+    out = tmp_path / "augment.png"
+    assert main(["augment", "--manifest", str(AMIBR_FIXTURE / "manifest.csv"), "--preset", "scratch-strong",
+                 "--views", "3", "--out", str(out)]) == 0
+    with Image.open(out) as im:  # 4 domains x 2 classes rows, 1 + 3 tiles of 128 (+4 border) each
+        assert im.size == (4 * 132, 8 * 132)
+    assert "8 patches" in capsys.readouterr().out
+    assert main(["augment", "--manifest", str(AMIBR_FIXTURE / "manifest.csv"), "--set", "augment.blurr=1",
+                 "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith("amf augment: error: --set augment.blurr: no such field")
