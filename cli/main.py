@@ -75,7 +75,8 @@ def train_args(p: argparse.ArgumentParser) -> None:
     add_device(x, "Lightning's accelerator: auto | cpu | cuda (gpu)")
     x.add_argument("--devices", default="auto", help="how many devices (or which), Lightning's devices; several "
                    "GPUs train with DDP (default auto)")
-    x.add_argument("--precision", help="Lightning precision (default bf16-mixed)")
+    x.add_argument("--precision", help="Lightning precision (default bf16-mixed on GPUs and on CPUs with native bf16, "
+                   "e.g. AVX-512 BF16; else 32-true)")
     x.add_argument("--jobs", type=positive_int, default=1, metavar="N",
                    help="CPU: train N folds at once, each in a process of its own with the cores shared out as "
                         "threads, output in OUT/<fold>.log (up to one per core: more patches/s than one process; "

@@ -11,7 +11,8 @@ the better of raw and averaged each epoch (``select/score``, ``select/ema``; ``s
 The run folder's ``curves.png`` (curves.py, ``amf curves``) is redrawn as each fold finishes.
 ``--resume`` skips finished folds and continues an interrupted one from ``ckpt/last.ckpt``. ``--init RUN``
 starts each fold from the same fold's weights in an earlier run (continued training or fine-tuning).
-CPU runs use bf16 autocast + channels_last; GPUs use AMP; several GPUs use Lightning's DDP.
+CPU runs use channels_last and bf16 autocast where the CPU has native bf16 (else fp32: :func:`default_precision`);
+GPUs use AMP; several GPUs use Lightning's DDP.
 """
 
 from __future__ import annotations
@@ -268,12 +269,23 @@ class RunOptions:
 
     accelerator: str = "auto"  # Lightning's: auto | cpu | gpu
     devices: str | int = "auto"
-    precision: str | None = None  # default bf16-mixed
+    precision: str | None = None  # default: default_precision()
     resume: bool = False
     init: Path | None = None
     max_steps: int = -1
     limit_val_batches: float | int = 1.0
     mask_source: str = GENERATOR_VERSION
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN has bf16 kernels for this CPU (AVX-512 BF16 or AMX)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def default_precision(on_gpu: bool) -> str:
+    """bf16 autocast on GPUs and on CPUs with native bf16, else fp32: on an AVX2 CPU, bf16 convolutions fall back
+    to PyTorch's reference kernels (slow_conv2d), many times slower than fp32."""
+    return "bf16-mixed" if on_gpu or cpu_has_native_bf16() else "32-true"
 
 
 def checkpoints(folder: Path, monitor: str, mode: str) -> tuple[ModelCheckpoint, ModelCheckpoint]:
@@ -321,7 +333,7 @@ def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray | None, recipe: Rec
     on_gpu = accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
     trainer = L.Trainer(
         max_epochs=recipe.epochs, max_steps=max_steps, accelerator=accelerator, devices=devices,
-        precision=precision or "bf16-mixed", deterministic="warn" if on_gpu else True,
+        precision=precision or default_precision(on_gpu), deterministic="warn" if on_gpu else True,
         logger=CSVLogger(folder, name="", version=""), callbacks=callbacks,
         num_sanity_val_steps=0, limit_val_batches=limit_val_batches, log_every_n_steps=10,
         enable_progress_bar=True, enable_model_summary=False,

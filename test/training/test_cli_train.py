@@ -57,3 +57,10 @@ def test_the_old_module_entry_points_are_gone():
     for module in (train, calibrate, evaluate, export, masks):
         assert not hasattr(module, "main"), module.__name__
         assert "__main__" not in open(module.__file__).read(), module.__name__
+
+
+def test_training_precision_defaults_to_bf16_only_where_the_hardware_has_it(monkeypatch):
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)  # an AVX2 CPU: bf16 convolutions crawl
+    assert train.default_precision(on_gpu=False) == "32-true" and train.default_precision(on_gpu=True) == "bf16-mixed"
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)  # AVX-512 BF16 / AMX
+    assert train.default_precision(on_gpu=False) == "bf16-mixed"
