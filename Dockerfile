@@ -17,12 +17,17 @@ RUN groupadd --system --gid 1001 user && useradd --system --uid 1001 --gid 1001 
 
 WORKDIR /opt/app
 
-# REQUIREMENTS: the runtime installed: requirements.txt (onnxruntime-gpu + CUDA 12 wheels, the default) or
-# requirements-cpu.txt (the CPU build of onnxruntime only: the lean image ./build.sh --cpu builds). Declared
-# here, so that the layers above are shared by both images; both lists are copied (a few lines of text).
-ARG REQUIREMENTS=requirements.txt
-COPY requirements.txt requirements-cpu.txt ./
-RUN python -m pip install --no-cache-dir -r "${REQUIREMENTS}"
+# REQUIREMENTS: the runtime installed: requirements (requirements.lock: onnxruntime-gpu + CUDA 12 wheels, the
+# default) or requirements-cpu (requirements-cpu.lock: the CPU build of onnxruntime only, the lean image
+# ./build.sh --cpu builds). The lock (scripts/lock.sh) pins every package with its sha256 hashes: pip installs
+# exactly it, and a file of another hash or a package the lock leaves out (pip check) fails the build. Its
+# CycloneDX bill of materials goes to /opt/app/sbom.cdx.json. Declared here, so that the layers above are
+# shared by both images.
+ARG REQUIREMENTS=requirements
+COPY ${REQUIREMENTS}.lock ./
+RUN python -m pip install --no-cache-dir --require-hashes --no-deps --only-binary=:all: -r "${REQUIREMENTS}.lock" \
+    && python -m pip check
+COPY ${REQUIREMENTS}.cdx.json ./sbom.cdx.json
 
 # The torch-free runtime only: the training package stays out of the image.
 COPY process.py ./

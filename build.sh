@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Build the algorithm image (linux/amd64): the GPU image (requirements.txt) by default, the CPU-only one with
-# --cpu; `save` also writes IMAGE.tar.gz (a gzipped docker-archive), the file to upload to Grand Challenge.
+# Build the algorithm image (linux/amd64): the GPU image (requirements.lock) by default, the CPU-only one with
+# --cpu; `save` also writes IMAGE.tar.gz (a gzipped docker-archive), the file to upload to Grand Challenge, and
+# IMAGE.sbom.cdx.json beside it (the image's bill of materials, /opt/app/sbom.cdx.json inside it). The image is
+# labelled with its commit, source, version, build time and the weights' sha256 (scripts/image_labels.py).
 # ./build.sh --help for the options. With podman and buildah the build's `pip install` gets the host's pip
 # configuration (scripts/pip_build_mounts.py); docker builds without it. buildah builds daemonless with
 # chroot isolation (BUILDAH_ISOLATION overrides).
@@ -12,9 +14,10 @@ usage() {
 usage: ./build.sh [--cpu] [save] [-h|--help] [BUILD OPTION...] [-- BUILD OPTION...]
 
 Build the algorithm image from the Dockerfile (linux/amd64).
-  (default)   the GPU image: requirements.txt (onnxruntime-gpu, CUDA 12 / cuDNN 9 wheels); tag amf-mtl
-  --cpu       the CPU-only image: requirements-cpu.txt (the CPU build of onnxruntime); tag amf-mtl-cpu
-  save        then write IMAGE.tar.gz (gzipped docker-archive), the file to upload to Grand Challenge
+  (default)   the GPU image: requirements.lock (onnxruntime-gpu, CUDA 12 / cuDNN 9 wheels); tag amf-mtl
+  --cpu       the CPU-only image: requirements-cpu.lock (the CPU build of onnxruntime); tag amf-mtl-cpu
+  save        then write IMAGE.tar.gz (gzipped docker-archive), the file to upload to Grand Challenge, and
+              IMAGE.sbom.cdx.json beside it (CycloneDX: every Python package in the image, with its sha256)
   -h, --help  print this help and exit
 These come in any order. Every other argument goes to the engine's build command unchanged (for example
 --no-cache or --build-arg KEY=VALUE); everything after `--` does too.
@@ -25,6 +28,7 @@ Environment:
   BASE_IMAGE  the Dockerfile's base (default python:3.11-slim). Offline, on the Debian stand-in base:
                 .ci/stand-in-base && ENGINE=buildah BASE_IMAGE=localhost/amf-base:bookworm ./build.sh --cpu
   BUILDAH_ISOLATION  buildah's isolation (default chroot)
+  SOURCE_URL  the org.opencontainers.image.source label (default: the origin remote's URL)
 EOF
 }
 
@@ -43,16 +47,19 @@ while [ $# -gt 0 ]; do
 done
 if [ "$CPU" = 1 ]; then
     IMAGE="${IMAGE:-amf-mtl-cpu}"
-    REQUIREMENTS=requirements-cpu.txt
+    REQUIREMENTS=requirements-cpu
 else
     IMAGE="${IMAGE:-amf-mtl}"
-    REQUIREMENTS=requirements.txt
+    REQUIREMENTS=requirements
 fi
 
 source scripts/container_engine.sh
 
 ARGS=(--platform linux/amd64 --tag "$IMAGE" --build-arg "REQUIREMENTS=$REQUIREMENTS")
 if [ -n "${BASE_IMAGE:-}" ]; then ARGS+=(--build-arg "BASE_IMAGE=$BASE_IMAGE"); fi
+# Labels from the command line, not the Dockerfile: a new commit or build time leaves the layer cache as it is.
+LABELS="$(python3 scripts/image_labels.py)"
+while IFS= read -r label; do ARGS+=(--label "$label"); done <<< "$LABELS"
 
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
@@ -82,5 +89,7 @@ if [ "$SAVE" = 1 ]; then
     podman) podman save --format docker-archive --output "$TMP/image.tar" "$REF" && gzip -c "$TMP/image.tar" > "$IMAGE.tar.gz" ;;
     buildah) buildah push --quiet "$IMAGE" "docker-archive:$TMP/image.tar:$REF" && gzip -c "$TMP/image.tar" > "$IMAGE.tar.gz" ;;
     esac
+    cp "$REQUIREMENTS.cdx.json" "$IMAGE.sbom.cdx.json"
     echo "wrote $IMAGE.tar.gz ($(du -h "$IMAGE.tar.gz" | cut -f1)): upload it as the algorithm's container image"
+    echo "wrote $IMAGE.sbom.cdx.json: its bill of materials (CycloneDX)"
 fi

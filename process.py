@@ -63,8 +63,9 @@ def run(input_dir: Path, output_dir: Path, weights: Path) -> int:
           f"{' (in a child process, beside the model load)' if reading else ''}", flush=True)
     if ensemble.device_note:
         print(f"CUDA wanted but not used, running on the CPU: {ensemble.device_note}", flush=True)
-    print(f"{ensemble.model_file}: {len(ensemble.thresholds)} fold models on {ensemble.provider} "
-          f"({ensemble.layout}), tta {ensemble.tta}; loaded in {loaded - loading:.2f} s", flush=True)
+    print(f"{ensemble.model_file} ({ensemble.spec.identity()}): {len(ensemble.thresholds)} fold models on "
+          f"{ensemble.provider} ({ensemble.layout}), tta {ensemble.tta}; loaded in {loaded - loading:.2f} s",
+          flush=True)
     prediction = ensemble.predict(pages)
     results = results_json(prediction.atypical, prediction.confidence)
     target = write_results(output_dir, results, len(pages))

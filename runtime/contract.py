@@ -13,7 +13,7 @@
      "folds": [{"name": "val-tupac16", "threshold": 0.5, ...}],  # one output column each, in this order
      "vote": "majority", "tie": "mean-probability", "confidence": "mean-probability",  # runtime/vote.py
      "tta": "none" | "d4",            # runtime/tta.py
-     "provenance": {...}}             # free-form: sources, commit, size, parity figures
+     "provenance": {...}}             # free-form: sources, git_commit, model_sha256 (of model_file), parity figures
 
 Scaling to [0, 1], normalisation and layout live inside the ONNX graph: the runtime feeds the uint8 pages as
 read, so it cannot preprocess differently from training. The files are one unit: export writes them together,
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +58,13 @@ class EnsembleSpec:
     patch_size: int
     input_name: str
     output_name: str
+    provenance: dict = field(default_factory=dict)
+
+    def identity(self) -> str:
+        """``sha256 <12 hex>, commit <12 hex>``: model_file's hash and the commit that exported it, as the
+        provenance records them (``unrecorded`` where it does not)."""
+        return ", ".join(f"{label} {str(self.provenance.get(key) or 'unrecorded')[:12]}"
+                         for label, key in (("sha256", "model_sha256"), ("commit", "git_commit")))
 
 
 def make_spec(folds: list[dict], tta: str, provenance: dict, cpu_graphs: bool = True) -> dict:
@@ -83,7 +90,7 @@ def read_spec(folder: str | Path) -> EnsembleSpec:
             fold_names=[f["name"] for f in doc["folds"]],
             thresholds=np.array([f["threshold"] for f in doc["folds"]], np.float64), tta=doc.get("tta", "none"),
             patch_size=int(doc.get("patch_size", PATCH_SIZE)), input_name=doc.get("input_name", INPUT_NAME),
-            output_name=doc.get("output_name", PROB_OUTPUT))
+            output_name=doc.get("output_name", PROB_OUTPUT), provenance=dict(doc.get("provenance") or {}))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"{path}: unusable ensemble spec ({exc})") from None
     if spec.tta not in TTA_MODES:

@@ -3,7 +3,8 @@
 # /input, a fresh /output, the GPU when nvidia-smi works and the engine can pass it) on test/input/ and compare
 # with test/output/expected_output.json: same classes, confidences within 1e-4, evaluator-valid entries, and
 # nothing on stderr.
-# Then print the image's size, user and Python, and fail if torch (or another training library) is in it.
+# Then print the image's size, user and Python, and fail if torch (or another training library) is in it, or
+# if what pip installed (pip freeze) or the bill of materials (/opt/app/sbom.cdx.json) is not the image's lock.
 # ENGINE=docker|podman|buildah as in ./build.sh (run ./build.sh first); IMAGE (default amf-mtl; IMAGE=amf-mtl-cpu
 # for the CPU-only image of ./build.sh --cpu, whose onnxruntime has no CUDA provider: forced CUDA falls back
 # to the CPU there too, the note naming the CPU build).
@@ -20,9 +21,10 @@ source scripts/container_engine.sh
 
 OUT="$(mktemp -d)"
 ERR="$(mktemp)"
+FACTS="$(mktemp -d)"
 CTR=""
 cleanup() {
-    rm -rf "$OUT" "$ERR"
+    rm -rf "$OUT" "$ERR" "$FACTS"
     if [ -n "$CTR" ]; then buildah rm "$CTR" >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
@@ -122,3 +124,10 @@ import importlib.util, sys
 present = [m for m in ("torch", "torchvision", "timm", "lightning", "safetensors", "onnx") if importlib.util.find_spec(m)]
 print("training libraries in the image:", ", ".join(present) if present else "none (torch absent)")
 sys.exit(1 if present else 0)'
+
+# Exactly the lock it was built from is installed, and its bill of materials lists the same.
+in_image sh -c 'cat /opt/app/*.lock' > "$FACTS/lock"
+in_image python -m pip freeze > "$FACTS/freeze"
+in_image cat /opt/app/sbom.cdx.json > "$FACTS/sbom"
+python3 scripts/locks.py image "$FACTS/lock" "$FACTS/freeze" "$FACTS/sbom"
+echo "pip freeze: $(grep -c '==' "$FACTS/freeze") packages, those of the image's lock; /opt/app/sbom.cdx.json lists the same"

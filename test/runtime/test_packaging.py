@@ -32,9 +32,21 @@ def test_image_runs_as_non_root_from_opt_app_with_process_py():
 
 
 def copied_paths() -> list[str]:
-    """The repository paths the Dockerfile COPYs into /opt/app (requirements.txt aside)."""
+    """The repository paths the Dockerfile COPYs into /opt/app (the lock and bill of materials that REQUIREMENTS
+    names aside)."""
     text = (ROOT / "Dockerfile").read_text()
-    return [p for line in re.findall(r"^COPY (.+) \S+$", text, re.M) for p in line.split() if p != "requirements.txt"]
+    return [p for line in re.findall(r"^COPY (.+) \S+$", text, re.M) for p in line.split()
+            if "${REQUIREMENTS}" not in p]
+
+
+def test_the_image_installs_exactly_its_lock_and_holds_its_bill_of_materials():
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^ARG REQUIREMENTS=requirements$", text, re.M)
+    install = r'pip install .*--require-hashes --no-deps .*-r "\$\{REQUIREMENTS\}\.lock" \\\n\s+&& python -m pip check$'
+    assert re.search(install, text, re.M)
+    assert re.search(r"^COPY \$\{REQUIREMENTS\}\.cdx\.json \./sbom\.cdx\.json$", text, re.M)
+    build = (ROOT / "build.sh").read_text()
+    assert "REQUIREMENTS=requirements-cpu\n" in build and "REQUIREMENTS=requirements\n" in build
 
 
 def test_the_image_holds_everything_process_py_imports(tmp_path, gc_input):
@@ -69,12 +81,13 @@ def test_the_image_holds_everything_process_py_imports(tmp_path, gc_input):
 def test_dockerignore_lets_in_only_what_the_image_copies():
     allowed = {line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
                if line.startswith("!")}
-    assert allowed == {"requirements.txt", *(p.rstrip("/") for p in copied_paths())}
+    locks = {f"{name}{ext}" for name in ("requirements", "requirements-cpu") for ext in (".lock", ".cdx.json")}
+    assert allowed == {*locks, *(p.rstrip("/") for p in copied_paths())}
 
 
 def test_scripts_are_executable():
     for script in ("build.sh", "export.sh", "test/run_container.sh", ".ci/run", ".ci/container", ".ci/stand-in-base",
-                   "scripts/reproduce_default.sh", "scripts/reproduce_e25_rounds.sh",
+                   "scripts/lock.sh", "scripts/reproduce_default.sh", "scripts/reproduce_e25_rounds.sh",
                    "bench/install_size.sh"):
         assert (ROOT / script).stat().st_mode & 0o111, script
         subprocess.run(["bash", "-n", str(ROOT / script)], check=True)

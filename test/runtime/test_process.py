@@ -99,7 +99,7 @@ def test_shipped_weights_reproduce_the_expected_output_on_the_cpu(gc_input, tmp_
     code = process.main(["--input", str(gc_input), "--output", str(tmp_path / "out"), "--weights", str(weights)])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert "4 fold models on CPUExecutionProvider" in out
+    assert "ensemble.onnx (sha256 26eeb21d4480, commit 2dc933b1044b): 4 fold models on CPUExecutionProvider" in out
     result = json.loads((tmp_path / "out" / OUTPUT_FILE).read_text())
     validate_results(result, 16)
     expected = json.loads(expected_file.read_text())
