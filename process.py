@@ -30,16 +30,7 @@ import numpy as np
 from runtime.contract import default_weights
 from runtime.device import choice_needs_page_count
 from runtime.ensemble import Ensemble
-from runtime.errors import (
-    EXIT_INPUT,
-    EXIT_INTERNAL,
-    EXIT_MODEL,
-    EXIT_OK,
-    EXIT_OUTPUT,
-    InputError,
-    ModelError,
-    OutputError,
-)
+from runtime.errors import EXIT_INTERNAL, EXIT_OK, AmfError
 from runtime.forked import ForkedRead
 from runtime.grand_challenge import find_stack, results_json, write_results
 from runtime.stack import read_stack
@@ -80,10 +71,10 @@ def timed_read(stack: Path) -> tuple[np.ndarray, float]:
     return read_stack(stack), time.perf_counter() - start
 
 
-def fail(kind: str, exc: Exception, code: int) -> int:
-    """One line on stderr: the kind of error, then the message (which names the file)."""
-    print(f"{kind}: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
-    return code
+def fail(exc: AmfError) -> int:
+    """One line on stderr: the kind of error, then the message (which names the file); its exit code."""
+    print(f"{exc.kind}: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+    return exc.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,12 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         return run(args.input, args.output, args.weights or default_weights())
-    except InputError as exc:
-        return fail("input error", exc, EXIT_INPUT)
-    except OutputError as exc:
-        return fail("output error", exc, EXIT_OUTPUT)
-    except ModelError as exc:
-        return fail("model error", exc, EXIT_MODEL)
+    except AmfError as exc:  # input 2, output 3, model 4 (runtime/errors.py)
+        return fail(exc)
     except Exception:  # noqa: BLE001 - anything else is our bug: say so, with the traceback
         traceback.print_exc()
         print("internal error (see the traceback above)", file=sys.stderr)

@@ -2,19 +2,26 @@
 
 Arguments are parsed before anything heavy is imported: torch and the ``training`` package load only when a
 command that needs them runs, so ``amf COMMAND --help`` is instant and works in the runtime-only install.
-Each command's implementation is a ``run(args)`` in its module (training/*.py, runtime/predict.py). A bad
-argument, recipe field or manifest ends in one ``amf COMMAND: error: ...`` line and exit 2; a training command
-without the ``train`` extra says so in one line (exit 2). ``amf predict`` uses the container's exit codes
-(runtime/errors.py). The container's entry point stays ``process.py``.
+Each command's implementation is a ``run(args)`` in its module (training/*.py, runtime/predict.py). Arguments
+and paths are checked before the work starts, and before torch loads wherever the check needs no torch (the
+option types, cli/checks.py, ``training.data.check_split``). Every problem the user can act on is one of
+runtime/errors.py's errors, raised where it is found and printed here as one ``amf COMMAND: error: ...`` line
+with its exit code: 2 a bad argument or input (a manifest, a split, a recipe field, a source of the wrong kind,
+a training command without the ``train`` extra), 3 an output that cannot be written (also a full disk), 4 an
+unusable model (a corrupt checkpoint or ensemble, an int8 export that fails its accuracy guard). Anything else
+is an internal error: exit 1 with its traceback. The container's entry point stays ``process.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Callable
+from importlib.util import find_spec
 from pathlib import Path
 
+from cli import checks
 from cli.options import (
     CALIBRATION_METHODS,
     PRESETS,
@@ -27,18 +34,37 @@ from cli.options import (
     add_runs,
     add_tta,
     add_weights,
+    non_negative_int,
+    positive_float,
     positive_int,
 )
+from runtime.errors import AmfError, InputError, OutputError
 
 # top-level modules of the `train` extra (pyproject.toml); a command that misses one names the extra
 TRAIN_EXTRA = frozenset({"torch", "torchvision", "timm", "lightning", "safetensors", "skimage", "sklearn", "scipy",
                          "matplotlib", "PIL", "onnx", "onnxscript", "peft"})
 EXPORT_CALIBRATION, EXPORT_CALIBRATION_PATCHES = "minmax", 256  # training/export.py's defaults (chosen on validation)
 INFERENCE_BATCH = 64  # PyTorch inference batch of evaluate, calibrate and pick
+FULL_OR_READ_ONLY = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # an OSError of these mid-work: an output error
 
 
-class UsageError(Exception):
-    """A bad argument that only the command itself can see (e.g. a recipe field): one line, exit 2."""
+class Parser(argparse.ArgumentParser):
+    """argparse's parser with one line for a bad argument (``amf COMMAND: error: ...``, exit 2), not the usage
+    block before it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def check_data(args: argparse.Namespace) -> None:
+    """Before a training-side command starts: the ``train`` extra is installed (else the same line as when an
+    import fails), and the data options select rows (training/data.py reads only the CSV: no torch)."""
+    missing = next((name for name in sorted(TRAIN_EXTRA) if find_spec(name) is None), None)
+    if missing:
+        raise ModuleNotFoundError(f"No module named {missing!r}", name=missing)
+    from training.data import check_split
+
+    check_split(args.manifest, args.format, args.root, args.split)
 
 
 # ---- the commands: each parses here and imports its implementation only when it runs ----
@@ -49,8 +75,8 @@ def train_args(p: argparse.ArgumentParser) -> None:
     r = p.add_argument_group("recipe (default: the preset's value)")
     r.add_argument("--preset", default="seed001", choices=PRESETS, metavar="NAME",
                    help=f"{' | '.join(PRESETS)} (default seed001)")
-    r.add_argument("--epochs", type=int)
-    r.add_argument("--lr", type=float)
+    r.add_argument("--epochs", type=positive_int)
+    r.add_argument("--lr", type=positive_float)
     add_batch_size(r, "training batch size", None)
     r.add_argument("--select", choices=SELECTIONS, help="model selection on the validation part")
     r.add_argument("--seed", type=int)
@@ -81,12 +107,19 @@ def train_args(p: argparse.ArgumentParser) -> None:
                    help="CPU: train N folds at once, each in a process of its own with the cores shared out as "
                         "threads, output in OUT/<fold>.log (up to one per core: more patches/s than one process; "
                         "default 1)")
-    x.add_argument("--max-steps", type=int, default=-1, metavar="N",
-                   help="stop each fold after this many steps (smoke runs)")
-    x.add_argument("--limit-val-batches", type=float, default=1.0, metavar="N", help="a fraction, or a count when > 1")
+    x.add_argument("--max-steps", type=positive_int, default=-1, metavar="N",
+                   help="stop each fold after this many steps (smoke runs; default: no limit)")
+    x.add_argument("--limit-val-batches", type=positive_float, default=1.0, metavar="N",
+                   help="a fraction, or a count when > 1")
 
 
 def train(args: argparse.Namespace) -> int:
+    check_data(args)
+    if args.pretrained not in (None, "hub"):
+        checks.existing(Path(args.pretrained), "--pretrained", "a local weights file, or 'hub' for timm's weights")
+    checks.existing(args.init, "--init", "an earlier run folder, one fold folder or a .safetensors file")
+    checks.existing(args.masks, "--masks", "a folder of masks, one PNG per patch", folder=True)
+    checks.output_folder(args.out)
     import torch
 
     from training import train
@@ -94,9 +127,9 @@ def train(args: argparse.Namespace) -> int:
     try:
         recipe = train.build_recipe(args)
     except ValueError as exc:  # the recipe's checks name the valid choices
-        raise UsageError(exc) from None
+        raise InputError(exc) from None
     if args.jobs > 1 and args.device != "cpu" and (args.device == "cuda" or torch.cuda.is_available()):
-        raise UsageError("--jobs: on a GPU the folds train one after another (folds sharing one GPU were slower "
+        raise InputError("--jobs: on a GPU the folds train one after another (folds sharing one GPU were slower "
                          "each than one at a time); --device cpu to train them side by side")
     return train.run(args, recipe)
 
@@ -110,6 +143,9 @@ def pick_args(p: argparse.ArgumentParser) -> None:
 
 
 def pick(args: argparse.Namespace) -> None:
+    check_data(args)
+    checks.sources(args.runs, ensembles=False)
+    checks.output_folder(args.out)
     from training import calibrate
 
     calibrate.run_pick(args)
@@ -126,6 +162,10 @@ def calibrate_args(p: argparse.ArgumentParser) -> None:
 
 
 def calibrate(args: argparse.Namespace) -> None:
+    check_data(args)
+    checks.sources(args.runs, ensembles=False)
+    for run in args.runs:  # calibration.json goes into each
+        checks.output_folder(run, "RUN")
     from training import calibrate
 
     calibrate.run(args)
@@ -141,16 +181,19 @@ def evaluate_args(p: argparse.ArgumentParser) -> None:
     add_tta(p, "test-time augmentation (default: the spec's for an exported ensemble, none for checkpoints)",
             default=None)
     p.add_argument("--no-vote", action="store_true", help="score the models one by one only (e.g. ablation variants)")
-    p.add_argument("--bootstrap", type=int, default=2000, metavar="N",
+    p.add_argument("--bootstrap", type=non_negative_int, default=2000, metavar="N",
                    help="resamples for 95 %% intervals of BA, over slides where the manifest names them (0: off; "
                         "the paired difference of two ensembles still gets 2000; default 2000)")
-    p.add_argument("--gallery", type=int, default=6, metavar="N",
+    p.add_argument("--gallery", type=non_negative_int, default=6, metavar="N",
                    help="report.html: the vote's N most confident errors per domain (default 6)")
     add_batch_size(p, "PyTorch inference batch (checkpoints)", INFERENCE_BATCH)
     add_device(p, "where the models run (auto: CUDA when available; exported ensembles: as amf predict)")
 
 
 def evaluate(args: argparse.Namespace) -> None:
+    check_data(args)
+    checks.sources(args.runs, ensembles=True)
+    checks.output_folder(args.out)
     from training import evaluate
 
     evaluate.run(args)
@@ -168,12 +211,15 @@ def export_args(p: argparse.ArgumentParser) -> None:
                    help="static: int8 activations too; weights: int8 weights only, float activations (default static)")
     q.add_argument("--calibration", default=EXPORT_CALIBRATION, choices=CALIBRATION_METHODS,
                    help=f"static calibration method (default {EXPORT_CALIBRATION})")
-    q.add_argument("--calibration-patches", type=int, default=EXPORT_CALIBRATION_PATCHES, metavar="N",
+    q.add_argument("--calibration-patches", type=positive_int, default=EXPORT_CALIBRATION_PATCHES, metavar="N",
                    help=f"static calibration sample size (default {EXPORT_CALIBRATION_PATCHES})")
     q.add_argument("--no-guard", action="store_true", help="write the graph even when the accuracy guard fails")
 
 
 def export(args: argparse.Namespace) -> None:
+    check_data(args)
+    checks.sources(args.runs, ensembles=True, ensemble_alone=True)
+    checks.output_folder(args.out)
     from training import export
 
     export.run(args)
@@ -191,6 +237,7 @@ def predict_args(p: argparse.ArgumentParser) -> None:
 
 
 def predict(args: argparse.Namespace) -> int:
+    checks.output_file(args.out)
     from runtime import predict
 
     return predict.run(args)
@@ -199,11 +246,13 @@ def predict(args: argparse.Namespace) -> int:
 def masks_args(p: argparse.ArgumentParser) -> None:
     add_data(p, split="train", split_help="draw from this split")
     add_out(p, "PNG to write")
-    p.add_argument("--per-class", type=int, default=5, help="patches per class and domain (default 5)")
+    p.add_argument("--per-class", type=positive_int, default=5, help="patches per class and domain (default 5)")
     p.add_argument("--seed", type=int, default=0)
 
 
 def masks(args: argparse.Namespace) -> None:
+    check_data(args)
+    checks.output_file(args.out)
     from training import masks
 
     masks.run(args)
@@ -221,12 +270,14 @@ def augment_args(p: argparse.ArgumentParser) -> None:
 
 
 def augment(args: argparse.Namespace) -> None:
+    check_data(args)
+    checks.output_file(args.out)
     from training import augment_sample, recipe
 
     try:
         chosen = recipe.PRESETS[args.preset].with_overrides(args.set or [])
     except ValueError as exc:  # the recipe's checks name the valid fields
-        raise UsageError(exc) from None
+        raise InputError(exc) from None
     augment_sample.run(args, chosen)
 
 
@@ -236,12 +287,11 @@ def curves_args(p: argparse.ArgumentParser) -> None:
 
 
 def curves(args: argparse.Namespace) -> None:
+    if args.out is not None:
+        checks.output_file(args.out)
     from training import curves
 
-    try:
-        curves.run(args)
-    except curves.CurvesError as exc:
-        raise UsageError(exc) from None
+    curves.run(args)
 
 
 COMMANDS: dict[str, tuple[Callable, Callable, str, str]] = {
@@ -300,7 +350,7 @@ a typical path (M = a manifest; the shipped model's whole schedule: scripts/repr
 
 def build_parser() -> argparse.ArgumentParser:
     commands = "\n".join(f"  {name:<10} {summary}" for name, (_, _, summary, _) in COMMANDS.items())
-    parser = argparse.ArgumentParser(prog="amf", description=USAGE.format(commands=commands),
+    parser = Parser(prog="amf", description=USAGE.format(commands=commands),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 help="one of the commands above")
@@ -309,13 +359,6 @@ def build_parser() -> argparse.ArgumentParser:
         arguments(p)
         p.set_defaults(implementation=implementation)
     return parser
-
-
-def _is_user_error(exc: Exception) -> bool:
-    data = sys.modules.get("training.data")  # loaded only by the commands that read a manifest
-    errors = sys.modules.get("runtime.errors")  # an unusable model folder (amf evaluate)
-    return (isinstance(exc, UsageError) or (data is not None and isinstance(exc, data.ManifestError))
-            or (errors is not None and isinstance(exc, errors.ModelError)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -327,10 +370,16 @@ def main(argv: list[str] | None = None) -> int:
         missing = (exc.name or "").partition(".")[0]
         if missing not in TRAIN_EXTRA:
             raise
-        message = f"needs the train extra ({missing} is not installed): pip install -e '.[train]'"
-    except Exception as exc:
-        if not _is_user_error(exc):
+        error: AmfError = InputError(f"needs the train extra ({missing} is not installed): pip install -e '.[train]'")
+    except AmfError as exc:  # runtime/errors.py's kinds, raised where the problem is found
+        error = exc
+    except OSError as exc:  # mid-work: the disk is full, or the file system read-only
+        if exc.errno not in FULL_OR_READ_ONLY:
             raise
-        message = str(exc)
-    print(f"amf {args.command}: error: {message}", file=sys.stderr)
-    return 2
+        error = OutputError(f"{exc.filename or getattr(args, 'out', None) or 'the output'}: {exc.strerror}")
+    print(f"amf {args.command}: error: {error}", file=sys.stderr)
+    return error.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

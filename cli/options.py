@@ -9,6 +9,7 @@ match. TTA modes come from the runtime's contract, which is torch-free.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from runtime.contract import TTA_MODES
@@ -28,6 +29,20 @@ def positive_int(text: str) -> int:
     value = int(text)  # a ValueError reads "invalid positive_int value: 'TEXT'"
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative: expected 0 or more")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
     return value
 
 
@@ -62,7 +77,7 @@ def add_tta(p: argparse.ArgumentParser, help: str, default: str | None = "none",
 
 
 def add_batch_size(p: argparse.ArgumentParser, help: str, default: int | None) -> None:
-    p.add_argument("--batch-size", type=int, default=default, metavar="N",
+    p.add_argument("--batch-size", type=positive_int, default=default, metavar="N",
                    help=help + (f" (default {default})" if default is not None else ""))
 
 

@@ -102,10 +102,15 @@ def read_spec(folder: str | Path) -> EnsembleSpec:
     return spec
 
 
+def is_exported(folder: str | Path) -> bool:
+    """Whether ``folder`` is an exported ensemble (it holds the spec)."""
+    return (Path(folder) / SPEC_FILE).is_file()
+
+
 def default_weights() -> Path:
     """``$AMF_WEIGHTS``, else Grand Challenge's model folder when it holds a spec, else the shipped ``weights/``."""
     if os.environ.get("AMF_WEIGHTS"):
         return Path(os.environ["AMF_WEIGHTS"])
-    if (GC_MODEL_DIR / SPEC_FILE).is_file():
+    if is_exported(GC_MODEL_DIR):
         return GC_MODEL_DIR
     return SHIPPED_WEIGHTS

@@ -5,11 +5,11 @@
 PATH is a stack (``.tif``/``.tiff``/``.mha``: every page, read by the container's rules), a patch image
 (``.png``/``.jpg``/``.jpeg``/``.bmp``), a folder (searched recursively for both), or a CSV manifest (its
 ``file``, ``image_id``, ``path`` or ``filename`` column, relative to the CSV's folder). Patches go through
-the ensemble in batches, with a progress line on stderr. Writes one CSV row per patch: source, page,
-class, confidence (P(atypical) of the ensemble), and each fold model's probability, into a temporary file
-that is renamed into place at the end (no partial CSV). The weights are looked up as process.py does
-(runtime/contract.py: ``default_weights``). Errors: one line on stderr and process.py's exit codes
-(runtime/errors.py): input 2, output 3, model 4.
+the ensemble in batches, with a progress line on stderr (runtime/progress.py: live in a terminal, plain lines in
+a log). Writes one CSV row per patch: source, page, class, confidence (P(atypical) of the ensemble), and each
+fold model's probability, into a temporary file that is renamed into place at the end (no partial CSV). The
+weights are looked up as process.py does (runtime/contract.py: ``default_weights``). Errors: one
+``amf predict: error: ...`` line on stderr and process.py's exit codes (runtime/errors.py): input 2, output 3, model 4.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import numpy as np
 
 from runtime.contract import PATCH_SIZE, default_weights
 from runtime.ensemble import Ensemble
-from runtime.errors import EXIT_INPUT, EXIT_MODEL, EXIT_OK, EXIT_OUTPUT, InputError, ModelError, OutputError
+from runtime.errors import EXIT_OK, InputError, OutputError
+from runtime.progress import Progress
 from runtime.stack import SUFFIXES, fit_size, read_stack, to_uint8
 
 PATCH_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -55,6 +56,9 @@ def expand(paths: list[Path]) -> list[Path]:
     """Folders and CSV manifests -> the image files they name, in a stable order."""
     files: list[Path] = []
     for path in paths:
+        if not path.exists():
+            raise InputError(f"{path}: no such file or folder (PATH: a stack, a patch image, a folder of them or a CSV "
+                             "manifest)")
         if path.is_dir():
             files += sorted(p for p in path.rglob("*") if p.suffix.lower() in SUFFIXES + PATCH_SUFFIXES)
         elif path.suffix.lower() == ".csv":
@@ -139,49 +143,32 @@ def predict_files(files: list[Path], ensemble: Ensemble, out: Path, batch: int =
             writer.writerow([source, page, "atypical" if a else "normal", f"{c:.6f}", *[f"{p:.6f}" for p in probs]])
         done += len(buffer)
         buffer.clear()
-        rate = done / (time.perf_counter() - start)
-        print(f"\rpredicted {done} patches from {total} file(s), {rate:.1f} patches/s", end="", file=sys.stderr,
-              flush=True)
+        progress.update(f"predicted {done} patches from {total} file(s), "
+                        f"{done / (time.perf_counter() - start):.1f} patches/s")
 
-    try:
-        with AtomicCsv(out) as writer:
-            writer.writerow(["source", "page", "class", "confidence", *[f"prob_{n}" for n in names]])
-            for item in pages_of(files):
-                buffer.append(item)
-                if len(buffer) == batch:
-                    flush(writer)
-            if buffer:
+    with Progress(sys.stderr) as progress, AtomicCsv(out) as writer:  # the progress line ends however the run ends
+        writer.writerow(["source", "page", "class", "confidence", *[f"prob_{n}" for n in names]])
+        for item in pages_of(files):
+            buffer.append(item)
+            if len(buffer) == batch:
                 flush(writer)
-            writer.commit()
-    finally:
-        if done:  # end the progress line, however the run ends
-            print(file=sys.stderr, flush=True)
+        if buffer:
+            flush(writer)
+        writer.commit()
     return done
 
 
 def run(args: argparse.Namespace) -> int:
-    """``amf predict`` (arguments: cli/main.py); returns process.py's exit code. ``--device`` sets AMF_DEVICE
+    """``amf predict`` (arguments: cli/main.py); an input, output or model error is raised with process.py's exit
+    code (runtime/errors.py), which cli/main.py prints as one line. ``--device`` sets AMF_DEVICE
     (runtime/device.py)."""
     if args.device:
         os.environ["AMF_DEVICE"] = args.device
-    try:
-        files = expand(args.paths)
-        ensemble = Ensemble(args.weights or default_weights(), tta=args.tta)
-        note = f" (CUDA not used: {ensemble.device_note})" if ensemble.device_note else ""
-        print(f"{len(files)} file(s); {len(ensemble.thresholds)} fold models on {ensemble.provider} "
-              f"({ensemble.layout}), tta {ensemble.tta}{note}", file=sys.stderr)
-        n = predict_files(files, ensemble, args.out, args.batch_size)
-    except InputError as exc:
-        return fail("input error", exc, EXIT_INPUT)
-    except OutputError as exc:
-        return fail("output error", exc, EXIT_OUTPUT)
-    except ModelError as exc:
-        return fail("model error", exc, EXIT_MODEL)
+    files = expand(args.paths)
+    ensemble = Ensemble(args.weights or default_weights(), tta=args.tta)
+    note = f" (CUDA not used: {ensemble.device_note})" if ensemble.device_note else ""
+    print(f"{len(files)} file(s); {len(ensemble.thresholds)} fold models on {ensemble.provider} "
+          f"({ensemble.layout}), tta {ensemble.tta}{note}", file=sys.stderr)
+    n = predict_files(files, ensemble, args.out, args.batch_size)
     print(f"wrote {n} rows to {args.out}", file=sys.stderr)
     return EXIT_OK
-
-
-def fail(kind: str, exc: Exception, code: int) -> int:
-    """One line on stderr, as process.py writes it: the kind of error, then the message (which names the file)."""
-    print(f"{kind}: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
-    return code

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score
 
-from training.checkpoint import find_fold_checkpoints, load_pruned
+from training.checkpoint import load_pruned
 from training.data import ManifestError, PatchSet, load_split
 from training.evaluate import predict
 from training.folds import Fold
-from training.run_files import CONFIG_FILE, WEIGHTS_FILE
+from training.run_files import CONFIG_FILE, WEIGHTS_FILE, find_fold_checkpoints
 
 GRID = np.round(np.arange(0.2, 0.81, 0.01), 2)
 
@@ -58,7 +58,7 @@ def calibrate(runs: list[str | Path], data: PatchSet, tta: str = "none", batch_s
         y = data.labels[val]
         row = {"fold": folder.name, "model": str(folder), "patches": int(len(val))}
         for mode in modes:
-            p = predict(net, data.images[val], batch_size, mode, device)
+            p = predict(net, data.images[val], batch_size, mode, device, label=f"{folder} (tta {mode})")
             parts[mode].append((y, p))
             row["ba_at_0.5" + ("_tta" if mode == "d4" else "")] = float(balanced_accuracy_score(y, p >= 0.5))
         folds.append(row)

@@ -10,9 +10,11 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from runtime.errors import ModelError
 from training.network import NetworkConfig, build_network
 from training.run_files import CONFIG_FILE, WEIGHTS_FILE
 
@@ -33,11 +35,14 @@ def read_config(folder: str | Path) -> dict:
 
 
 def load_network(folder: str | Path) -> tuple[nn.Module, dict]:
-    """Rebuild the network from ``config.json`` and load ``model.safetensors`` (strict)."""
-    config = read_config(folder)
-    cfg = NetworkConfig.from_dict({**config["network"], "pretrained": False})
-    net = build_network(cfg)
-    net.load_state_dict(load_file(Path(folder) / WEIGHTS_FILE), strict=True)
+    """Rebuild the network from ``config.json`` and load ``model.safetensors`` (strict); files that cannot be read
+    or do not fit together (a corrupt or truncated checkpoint) are a ModelError naming the folder."""
+    try:
+        config = read_config(folder)
+        net = build_network(NetworkConfig.from_dict({**config["network"], "pretrained": False}))
+        net.load_state_dict(load_file(Path(folder) / WEIGHTS_FILE), strict=True)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
+        raise ModelError(f"{folder}: unusable fold checkpoint ({' '.join(str(exc).split())[:300]})") from None
     return net.eval(), config
 
 
@@ -60,17 +65,6 @@ def init_weights(net: nn.Module, path: str | Path) -> list[str]:
 def load_pruned(folder: str | Path) -> tuple[nn.Module, dict]:
     net, config = load_network(folder)
     return net.pruned().eval(), config
-
-
-def find_fold_checkpoints(run: str | Path) -> list[Path]:
-    """Fold folders (those holding a finished ``model.safetensors``) under a run folder, or the folder itself."""
-    run = Path(run)
-    if (run / WEIGHTS_FILE).is_file():
-        return [run]
-    folds = sorted(p.parent for p in run.glob(f"*/{WEIGHTS_FILE}"))
-    if not folds:
-        raise FileNotFoundError(f"no fold checkpoints ({WEIGHTS_FILE}) under {run}")
-    return folds
 
 
 def load_weights_only(path: str | Path) -> dict:

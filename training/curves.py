@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.errors import InputError
 from training.run_files import CONFIG_FILE, CURVES_FILE, EARLIER_METRICS, METRICS_FILE
 
 RAW, AVERAGED = "val/ba", "val_avg/ba"
@@ -24,8 +25,8 @@ LOSSES = (("train/loss", "training"), ("val/loss", "validation"))
 TAIL = 10  # epochs in the "mean of the last epochs" column
 
 
-class CurvesError(ValueError):
-    """A run folder without any fold's metrics.csv: one line for the command line."""
+class CurvesError(InputError):
+    """A run folder without any fold's metrics.csv: one line for the command line (exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def plot(folds: list[FoldCurves], out: Path, title: str) -> Path:
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, format="png")  # whatever the name ends in
     plt.close(fig)
     return out
 

@@ -13,6 +13,7 @@ Any other CSV works through :class:`ManifestFormat` with your own column names.
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,12 +22,13 @@ import numpy as np
 from PIL import Image
 
 from runtime.contract import PATCH_SIZE
+from runtime.errors import InputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
 
-class ManifestError(ValueError):
-    """A manifest with rows that cannot be used; the message lists every bad row."""
+class ManifestError(InputError):
+    """A manifest that cannot be used (exit 2): missing, a split it does not have, or bad rows (every one listed)."""
 
 
 @dataclass(frozen=True)
@@ -152,14 +154,47 @@ def load_patches(source: str | Path, format: str | ManifestFormat = "amibr", roo
 
 def load_split(source: str | Path, format: str | ManifestFormat = "amibr", root: str | Path | None = None,
                split: str | None = None) -> PatchSet:
-    """:func:`load_patches`, then only the rows of ``split`` when given (the ``amf`` data options)."""
+    """:func:`load_patches`, then only the rows of ``split`` when given (the ``amf`` data options), checked first
+    by :func:`check_split`."""
+    check_split(source, format, root, split)
     data = load_patches(source, format, root)
     return data.where(split=split) if split else data
 
 
-def _read_manifest(path: Path, fmt: ManifestFormat, root: Path) -> tuple[list[_Row], list[str]]:
+def check_split(source: str | Path, format: str | ManifestFormat = "amibr", root: str | Path | None = None,
+                split: str | None = None) -> None:
+    """The data options, checked before any image is read (reads the CSV only; no torch, so ``amf`` calls it before
+    torch loads): the manifest (or class-folder root) exists, ``--root`` is a folder, and ``--split`` selects rows;
+    a ManifestError names what is wrong and the splits there are."""
+    source = Path(source)
+    if root is not None and not Path(root).is_dir():
+        raise ManifestError(f"--root {root}: not a folder (the folder the manifest's paths are relative to)")
+    if format == "folders":
+        if not source.is_dir():
+            raise ManifestError(f"{source}: not a folder (--format folders reads ROOT/[domain/]class/*.png)")
+        if split:
+            raise ManifestError(f"--split {split!r}: class folders have no splits (--format folders reads every image)")
+        return
+    _manifest_file(source)
+    column = (FORMATS[format] if isinstance(format, str) else format).split_column
+    if not split:
+        return
+    if column is None:
+        raise ManifestError(f"--split {split!r}: a {format} manifest has no split column (leave --split out)")
+    with source.open(newline="") as f:
+        splits = Counter((row.get(column) or "").strip() for row in csv.DictReader(f))
+    if not splits[split]:
+        there = ", ".join(f"{name} ({n} rows)" for name, n in sorted(splits.items()) if name) or "none"
+        raise ManifestError(f"--split {split!r}: no row of {source} is in that split; its splits: {there}")
+
+
+def _manifest_file(path: Path) -> None:
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
+
+
+def _read_manifest(path: Path, fmt: ManifestFormat, root: Path) -> tuple[list[_Row], list[str]]:
+    _manifest_file(path)
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         needed = [c for c in (fmt.path_column, fmt.label_column, fmt.domain_column, fmt.split_column) if c]

@@ -26,12 +26,15 @@ from pathlib import Path
 import numpy as np
 
 from runtime import tta as test_time
-from runtime.contract import SPEC_FILE, TTA_VIEWS
-from runtime.errors import ModelError
+from runtime.contract import TTA_VIEWS, is_exported
+from runtime.progress import progress_range
 from runtime.vote import vote
 from training.data import load_split
 from training.metrics import bootstrap_note, evaluate_models, markdown_table, vote_difference, write_report
 from training.report import write_html
+from training.run_files import find_fold_checkpoints
+
+EXPORTED_CHUNK = 256  # patches per progress step of an exported ensemble (Ensemble runs 64 pages at a time)
 
 
 @dataclass
@@ -67,13 +70,11 @@ class Scored:
         return out
 
 
-def is_exported(source: str | Path) -> bool:
-    return (Path(source) / SPEC_FILE).is_file()
-
-
-def predict(net, images: np.ndarray, batch_size: int = 64, tta: str = "none", device: str = "cpu") -> np.ndarray:
+def predict(net, images: np.ndarray, batch_size: int = 64, tta: str = "none", device: str = "cpu",
+            label: str = "predicted") -> np.ndarray:
     """P(atypical) of a PyTorch network for uint8 [N,H,W,3] patches, fp32; ``tta``: the container's test-time
-    augmentation mode (runtime/tta.py; d4: the mean over the 8 views); ``device``: auto | cpu | cuda."""
+    augmentation mode (runtime/tta.py; d4: the mean over the 8 views); ``device``: auto | cpu | cuda; progress on
+    stdout as ``label: done/total patches``."""
     import torch
 
     from training.network import to_input
@@ -83,7 +84,7 @@ def predict(net, images: np.ndarray, batch_size: int = 64, tta: str = "none", de
     net = net.to(target)
     probs = []
     with torch.inference_mode():
-        for start in range(0, len(images), step):
+        for start in progress_range(len(images), step, label):
             chunk = images[start:start + step]
             views = torch.from_numpy(test_time.views(chunk, tta)).to(target)
             probs.append(test_time.mean_over_views(torch.sigmoid(net(to_input(views))).cpu().numpy(), len(chunk)))
@@ -94,14 +95,14 @@ def score_checkpoints(runs: list[str | Path], images: np.ndarray, tta: str = "no
                       device: str = "cpu") -> Scored:
     """The fold checkpoints of run folders (or fold folders) as one ensemble. Fold models are named by their
     folder, or ``run/fold`` where folders of several runs share a name."""
-    from training.checkpoint import find_fold_checkpoints, load_pruned
+    from training.checkpoint import load_pruned
 
     folders = [f for r in runs for f in find_fold_checkpoints(r)]
     clash = len({f.name for f in folders}) < len(folders)
     names, columns, thresholds = [], [], []
     for folder in folders:
         net, config = load_pruned(folder)
-        columns.append(predict(net, images, batch_size, tta, device))
+        columns.append(predict(net, images, batch_size, tta, device, label=str(folder)))
         thresholds.append(float(config.get("threshold", 0.5)))
         names.append(f"{folder.parent.name}/{folder.name}" if clash else folder.name)
     probs = np.stack(columns, 1)
@@ -118,14 +119,17 @@ def score_exported(folder: str | Path, images: np.ndarray, tta: str | None = Non
 
     ensemble = Ensemble(folder, tta=tta)
     start = time.perf_counter()
-    pred = ensemble.predict(images)
+    parts = [ensemble.predict(images[i:i + EXPORTED_CHUNK])  # in chunks, for the progress line
+             for i in progress_range(len(images), EXPORTED_CHUNK, str(folder))]
+    probs, atypical, confidence = (np.concatenate([getattr(p, name) for p in parts])
+                                   for name in ("fold_probs", "atypical", "confidence"))
     seconds = time.perf_counter() - start
     print(f"{folder}: {len(images)} patches, {ensemble.provider}, {seconds:.1f} s "
           f"({len(images) / max(seconds, 1e-9):.1f} patches/s)")
     quant = (json.loads(ensemble.spec.path.read_text()).get("provenance") or {}).get("quantization") or {}
     kind = "exported ensemble (onnxruntime" + (f", int8 {quant['mode']}" if "mode" in quant else "") + ")"
-    return Scored(str(folder), Path(folder).name, kind, list(ensemble.spec.fold_names), pred.fold_probs,
-                  np.asarray(ensemble.thresholds, float), pred.atypical, pred.confidence, ensemble.tta,
+    return Scored(str(folder), Path(folder).name, kind, list(ensemble.spec.fold_names), probs,
+                  np.asarray(ensemble.thresholds, float), atypical, confidence, ensemble.tta,
                   extra={"provider": ensemble.provider})
 
 
@@ -133,19 +137,13 @@ def score_sources(sources: list[str | Path], images: np.ndarray, tta: str | None
                   device: str = "auto") -> list[Scored]:
     """Each exported ensemble, and all checkpoint sources together, in the order given; named A, B, ... when
     there are several. ``tta`` None: the spec's mode for an exported ensemble, none for checkpoints."""
-    for s in sources:
-        if not Path(s).is_dir():
-            raise ModelError(f"{s}: not a folder (a run folder, a fold folder or an exported ensemble)")
     runs = [s for s in sources if not is_exported(s)]
     scored = []
     for s in sources:
         if is_exported(s):
             scored.append(score_exported(s, images, tta))
         elif s == runs[0]:
-            try:
-                scored.append(score_checkpoints(runs, images, tta or "none", batch_size, device))
-            except FileNotFoundError as exc:
-                raise ModelError(f"{exc}; nor is there an exported ensemble ({SPEC_FILE})") from None
+            scored.append(score_checkpoints(runs, images, tta or "none", batch_size, device))
     if len(scored) > 1:
         for key, one in zip("ABCDEFGHIJKLMNOPQRSTUVWXYZ", scored):
             one.key = key

@@ -36,9 +36,11 @@ from runtime.contract import (
     PATCH_SIZE,
     PROB_OUTPUT,
     SPEC_FILE,
+    is_exported,
     make_spec,
 )
-from training.checkpoint import find_fold_checkpoints, load_pruned
+from runtime.errors import ModelError
+from training.checkpoint import load_pruned
 from training.cpu_graph import write_cpu_graphs
 from training.data import PatchSet, load_split
 from training.network import to_input
@@ -50,6 +52,7 @@ from training.quantize import (
     quantize,
     validation_ba,
 )
+from training.run_files import find_fold_checkpoints
 
 OPSET = 18
 CPU_GRAPH_CHECK = 272  # the last patches of the guard's run (16 random pages among them), scored by both
@@ -69,8 +72,8 @@ class EnsembleGraph(nn.Module):
         return torch.sigmoid(logit), logit
 
 
-class GuardError(RuntimeError):
-    """The int8 graph loses more validation accuracy than the guard allows."""
+class GuardError(ModelError):
+    """The int8 graph loses more validation accuracy than the guard allows (exit 4; ``--no-guard`` writes it anyway)."""
 
 
 def export_onnx(graph: EnsembleGraph, path: Path) -> None:
@@ -85,7 +88,7 @@ def export_onnx(graph: EnsembleGraph, path: Path) -> None:
 def float_graph(sources: list[str | Path]) -> tuple[onnx.ModelProto, list[dict], list[str]]:
     """(float graph, fold entries of the spec, source folders): from fold checkpoints, or from one exported
     ensemble with its weights expanded."""
-    if len(sources) == 1 and (Path(sources[0]) / SPEC_FILE).is_file():
+    if len(sources) == 1 and is_exported(sources[0]):
         spec = json.loads((Path(sources[0]) / SPEC_FILE).read_text())
         model = expand_weights(onnx.load(str(Path(sources[0]) / spec["model_file"])))
         return model, spec["folds"], [str(Path(sources[0]) / spec["model_file"])]
@@ -130,15 +133,16 @@ def export_ensemble(sources: list[str | Path], out: str | Path, data: PatchSet, 
         onnx.save(model, str(model_path))
         cpu_paths = write_cpu_graphs(model_path)
         (float_probs, float_random), (int8_probs, int8_random) = (
-            np.split(probs, [len(data)]) for probs in (fold_probabilities(reference, images),
+            np.split(probs, [len(data)]) for probs in (fold_probabilities(reference, images, label="float graph"),
                                                        _probabilities(model_path, cpu_paths, images)))
         guard = accuracy_guard(validation_ba(float_probs, data, folds), validation_ba(int8_probs, data, folds))
         if enforce_guard and not guard["holds"]:
-            raise GuardError(f"int8 vs float validation BA outside the guard: {guard_table(folds, guard)}")
+            raise GuardError(f"int8 vs float validation BA outside the guard: {guard_table(folds, guard)} "
+                             "(--no-guard writes the graph anyway)")
         cpu_graphs = None
         if cpu_paths:  # the standard graph (CUDA's) answers as the CPU graphs do
             cpu_graphs = parity(np.concatenate([int8_probs, int8_random])[-CPU_GRAPH_CHECK:],
-                                fold_probabilities(model_path, images[-CPU_GRAPH_CHECK:]))
+                                fold_probabilities(model_path, images[-CPU_GRAPH_CHECK:], label="int8 graph"))
             if cpu_graphs["max_abs_prob_delta"] > 1e-4:
                 raise GuardError(f"the CPU graphs and the standard graph disagree: {cpu_graphs}")
         for stale in out.glob(CPU_MODEL_FILES.format("*")):  # an earlier export's
@@ -162,8 +166,8 @@ def export_ensemble(sources: list[str | Path], out: str | Path, data: PatchSet, 
 def _probabilities(model_path: Path, cpu_paths: list[Path], images: np.ndarray) -> np.ndarray:
     """[N, F] from the CPU graphs, one column each, as the container runs them (else the standard graph)."""
     if not cpu_paths:
-        return fold_probabilities(model_path, images)
-    return np.concatenate([fold_probabilities(p, images) for p in cpu_paths], axis=1)
+        return fold_probabilities(model_path, images, label="int8 graph")
+    return np.concatenate([fold_probabilities(p, images, label=f"int8 {p.name}") for p in cpu_paths], axis=1)
 
 
 def guard_table(folds: list[dict], guard: dict) -> str:

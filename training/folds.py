@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
+from runtime.errors import InputError
+
 CV_SCHEMES = ("lodo", "slide-kfold")
 
 
@@ -39,7 +41,7 @@ class Fold:
         """(train, val, test) row indices for arrays of per-patch domains (and slides, for slide folds)."""
         if self.val_slides:
             if slides is None:
-                raise ValueError(f"fold {self.name} splits by slide, but the data has no slide column")
+                raise InputError(f"fold {self.name} splits by slide, but the data has no slide column")
             val = np.isin(slides, self.val_slides)
             return np.flatnonzero(~val), np.flatnonzero(val), np.array([], int)
         return (np.flatnonzero(np.isin(domains, self.train_domains)),
@@ -50,7 +52,7 @@ class Fold:
 def lodo_folds(domains: list[str] | np.ndarray, hold_out_test: bool = False) -> list[Fold]:
     names = sorted(set(map(str, domains)))
     if len(names) < (3 if hold_out_test else 2):
-        raise ValueError(f"leave-one-domain-out needs at least {3 if hold_out_test else 2} domains, got {names}")
+        raise InputError(f"leave-one-domain-out needs at least {3 if hold_out_test else 2} domains, got {names}")
     folds = []
     for i, val in enumerate(names):
         test = names[(i + 1) % len(names)] if hold_out_test else None
@@ -60,9 +62,9 @@ def lodo_folds(domains: list[str] | np.ndarray, hold_out_test: bool = False) -> 
 
 def slide_kfolds(labels: np.ndarray, slides: np.ndarray | None, n_splits: int = 5, seed: int = 0) -> list[Fold]:
     if slides is None:
-        raise ValueError("slide-grouped k-fold needs a slide column in the manifest")
+        raise InputError("slide-grouped k-fold needs a slide column in the manifest")
     if len(set(slides)) < n_splits:
-        raise ValueError(f"slide-grouped {n_splits}-fold needs at least {n_splits} slides, got {len(set(slides))}")
+        raise InputError(f"slide-grouped {n_splits}-fold needs at least {n_splits} slides, got {len(set(slides))}")
     cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     return [Fold(val_slides=tuple(sorted(set(slides[val]))), index=i, n_splits=n_splits)
             for i, (_, val) in enumerate(cv.split(np.zeros(len(labels)), labels, slides))]
@@ -75,3 +77,14 @@ def make_folds(scheme: str, domains: np.ndarray, labels: np.ndarray, slides: np.
     if scheme == "slide-kfold":
         return slide_kfolds(labels, slides, n_splits, seed)
     raise ValueError(f"unknown cross-validation scheme {scheme!r} (one of {CV_SCHEMES})")
+
+
+def select_folds(folds: list[Fold], wanted: list[str]) -> list[Fold]:
+    """The folds named in ``wanted`` (``amf train --folds``: fold names or validation domains), in run order; a name
+    that matches none is an InputError listing the valid ones."""
+    known = {f.name for f in folds} | {f.val_domain for f in folds if f.val_domain}
+    unknown = [w for w in wanted if w not in known]
+    if unknown:
+        raise InputError(f"--folds: no fold {', '.join(map(repr, unknown))} in this run; its folds: "
+                         f"{', '.join(f.name for f in folds)} (or, leaving one domain out, their validation domains)")
+    return [f for f in folds if f.val_domain in wanted or f.name in wanted]

@@ -26,6 +26,7 @@ from skimage.color import rgb2hed
 from skimage.filters import gaussian, threshold_otsu
 from skimage.morphology import disk, opening, remove_small_holes, remove_small_objects
 
+from runtime.errors import InputError
 from training.data import load_split
 
 GENERATOR_VERSION = "hed-otsu-centre-v2"
@@ -114,7 +115,7 @@ def save_mask_grid(images: np.ndarray, masks: np.ndarray, labels: np.ndarray, ou
         tile[edge] = (230, 30, 30) if y else (30, 200, 30)
         r, c = divmod(i, columns)
         grid[r * (h + 4) + 2:r * (h + 4) + 2 + h, c * (w + 4) + 2:c * (w + 4) + 2 + w] = tile
-    Image.fromarray(grid).save(out)
+    Image.fromarray(grid).save(out, format="PNG")  # whatever the name ends in
 
 
 def sample_grid(manifest: str | Path, out: str | Path, per_class: int = 5, split: str | None = "train",
@@ -122,8 +123,12 @@ def sample_grid(manifest: str | Path, out: str | Path, per_class: int = 5, split
     """Per domain, ``per_class`` random atypical then normal patches with their generated masks, as a PNG grid."""
     data = load_split(manifest, format, root, split)
     rng = np.random.default_rng(seed)
-    picked = [rng.choice(np.flatnonzero((data.domains == d) & (data.labels == y)), per_class, replace=False)
-              for d in sorted(set(data.domains)) for y in (1, 0)]
+    groups = [np.flatnonzero((data.domains == d) & (data.labels == y)) for d in sorted(set(data.domains))
+              for y in (1, 0)]
+    if min(map(len, groups)) < per_class:
+        raise InputError(f"--per-class {per_class}: some domain has only {min(map(len, groups))} patches of a class "
+                         f"in the data (--per-class {min(map(len, groups))} or less)")
+    picked = [rng.choice(group, per_class, replace=False) for group in groups]
     sample = data.subset(np.concatenate(picked))
     save_mask_grid(sample.images, generate_masks(sample.images), sample.labels, out, columns=2 * per_class)
 

@@ -22,6 +22,7 @@ from onnx import helper, numpy_helper
 from sklearn.metrics import balanced_accuracy_score
 
 from runtime.contract import PROB_OUTPUT as PROB
+from runtime.progress import progress_range
 from training.data import PatchSet
 from training.folds import Fold
 
@@ -59,8 +60,8 @@ def quantize_static(model: onnx.ModelProto, calibration: np.ndarray, method: str
 
     class Patches(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter(calibration[i:i + CALIBRATION_BATCH] for i in range(0, len(calibration),
-                                                                                   CALIBRATION_BATCH))
+            self.batches = (calibration[i:i + CALIBRATION_BATCH]
+                            for i in progress_range(len(calibration), CALIBRATION_BATCH, "int8 calibration"))
 
         def get_next(self) -> dict | None:
             batch = next(self.batches, None)
@@ -217,14 +218,17 @@ def _output_axis(node: onnx.NodeProto, ndim: int) -> int:
     return 0  # Conv: [out, in, kh, kw]
 
 
-def fold_probabilities(model: onnx.ModelProto | str | Path, images: np.ndarray, batch: int = 64) -> np.ndarray:
-    """The graph's P(atypical) [N, F] on the CPU provider (as the container runs it)."""
+def fold_probabilities(model: onnx.ModelProto | str | Path, images: np.ndarray, batch: int = 64,
+                       label: str = "graph") -> np.ndarray:
+    """The graph's P(atypical) [N, F] on the CPU provider (as the container runs it); progress on stdout as
+    ``label: done/total patches``."""
     import onnxruntime as ort
 
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return np.concatenate([session.run([PROB], {name: images[i:i + batch]})[0] for i in range(0, len(images), batch)])
+    return np.concatenate([session.run([PROB], {name: images[i:i + batch]})[0]
+                           for i in progress_range(len(images), batch, label)])
 
 
 def validation_ba(probs: np.ndarray, data: PatchSet, folds: list[dict]) -> list[float | None]:

@@ -3,12 +3,13 @@ and 003 as presets. Any field can be overridden (``amf train --set key=value``).
 
 A recipe is checked when it is built: an unknown loss, schedule, sampling, selection, cross-validation,
 weight averaging, network kind or fine-tuning name fails at once, before any data is loaded, listing the
-valid names.
+valid names, and so do epochs or a batch size below 1 and a learning rate that is not positive.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from training.augment import AugmentConfig
@@ -62,6 +63,11 @@ class Recipe:
                                    ("weight_averaging", self.weight_averaging, WEIGHT_AVERAGING)):
             if value not in valid:
                 raise ValueError(f"unknown {name} {value!r} (one of {', '.join(valid)})")
+        for name, value in (("epochs", self.epochs), ("batch_size", self.batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} {value!r}: expected a positive whole number")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, int | float) or not 0 < self.lr < math.inf:
+            raise ValueError(f"lr {self.lr!r}: expected a positive learning rate, e.g. 3e-4")
 
     def selection(self) -> tuple[str, str]:
         """The logged metric that checkpoint selection, early stopping and the plateau schedule watch, and its

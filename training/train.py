@@ -35,11 +35,12 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, TensorDataset
 
+from runtime.errors import InputError
 from training import curves
 from training.augment import augment, mixup
 from training.checkpoint import init_weights, load_weights_only, save_checkpoint
 from training.data import ManifestError, PatchSet, load_split
-from training.folds import Fold, make_folds
+from training.folds import Fold, make_folds, select_folds
 from training.heads import DomainHead, ProjectionHead, dann_schedule
 from training.losses import (
     AdaptiveFocalLoss,
@@ -52,6 +53,7 @@ from training.losses import (
 )
 from training.masks import GENERATOR_VERSION, generate_masks, load_masks
 from training.network import build_network, has_decoders, to_input
+from training.progress import progress_callbacks
 from training.recipe import PRESETS, Recipe
 from training.run_files import CURVES_FILE, EARLIER_METRICS, METRICS_FILE, WEIGHTS_FILE
 from training.sampling import DomainAwareSampler, make_loader
@@ -326,7 +328,7 @@ def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray | None, recipe: Rec
         print(f"[{fold.name}] starting from {init_file}" + (f"; {len(fresh)} tensors fresh" if fresh else ""))
     monitor, mode = recipe.selection()
     best, latest = checkpoints(folder / "ckpt", monitor, mode)
-    callbacks = [best, latest, Throughput()]
+    callbacks = [best, latest, Throughput(), *progress_callbacks(fold.name)]  # a log gets plain lines, no bar
     if recipe.early_stopping:
         # strict=False: --max-steps may end a fold before any validation
         callbacks.append(EarlyStopping(monitor, patience=recipe.early_stopping, mode=mode, strict=False))
@@ -387,7 +389,8 @@ def fold_weights(init: Path, fold_name: str) -> Path:
     for candidate in (init / fold_name / WEIGHTS_FILE, init / WEIGHTS_FILE, init):
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"--init {init}: neither {init / fold_name / WEIGHTS_FILE} nor a weights file")
+    raise InputError(f"--init {init}: neither {init / fold_name / WEIGHTS_FILE} nor a weights file (an earlier run "
+                     "folder with this fold, a fold folder or a .safetensors file)")
 
 
 def build_recipe(args: argparse.Namespace) -> Recipe:
@@ -424,8 +427,7 @@ def run(args: argparse.Namespace, recipe: Recipe) -> int:
     folds = make_folds(recipe.cv, data.domains, data.labels, data.slides, n_splits=recipe.n_splits,
                        hold_out_test=args.hold_out_test, seed=recipe.seed)
     if args.folds:
-        wanted = args.folds.split(",")
-        folds = [f for f in folds if f.val_domain in wanted or f.name in wanted]
+        folds = select_folds(folds, args.folds.split(","))
     if args.resume:  # a fold with its final weights is done
         for fold in (f for f in folds if (args.out / f.name / WEIGHTS_FILE).is_file()):
             print(f"[{fold.name}] finished earlier, skipped")

@@ -18,10 +18,10 @@ from conftest import ROOT
 from cli.main import COMMANDS, main
 
 SHARED = {  # option -> the commands that must offer it
-    "--manifest": {"train", "pick", "calibrate", "evaluate", "export", "masks"},
-    "--format": {"train", "pick", "calibrate", "evaluate", "export", "masks"},
-    "--root": {"train", "pick", "calibrate", "evaluate", "export", "masks"},
-    "--split": {"train", "pick", "calibrate", "evaluate", "export", "masks"},
+    "--manifest": {"train", "pick", "calibrate", "evaluate", "export", "masks", "augment"},
+    "--format": {"train", "pick", "calibrate", "evaluate", "export", "masks", "augment"},
+    "--root": {"train", "pick", "calibrate", "evaluate", "export", "masks", "augment"},
+    "--split": {"train", "pick", "calibrate", "evaluate", "export", "masks", "augment"},
     "--out": set(COMMANDS) - {"calibrate"},
     "--tta": {"calibrate", "evaluate", "export", "predict"},
     "--batch-size": {"train", "pick", "calibrate", "evaluate", "predict"},

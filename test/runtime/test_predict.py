@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import csv
 import shutil
+import subprocess
+import sys
 
 import numpy as np
-from conftest import HERE
+from conftest import HERE, ROOT
 
 from cli.main import main
+from runtime import predict
 from runtime.ensemble import Ensemble
 from runtime.errors import EXIT_INPUT, EXIT_MODEL, EXIT_OUTPUT
 from runtime.stack import read_stack
@@ -38,28 +41,49 @@ def test_missing_files_are_an_input_error(tmp_path, tiny_weights, capsys):
     assert main(["predict", str(tmp_path / "m.csv"), "--out", str(tmp_path / "p.csv"),
                  "--weights", str(tiny_weights)]) == EXIT_INPUT
     err = capsys.readouterr().err
-    assert err.startswith("input error: 16 file(s) not found") and err.count("\n") == 1
+    assert err.startswith("amf predict: error: 16 file(s) not found") and err.count("\n") == 1
     assert not (tmp_path / "p.csv").exists()
 
 
-def test_an_unwritable_csv_is_one_line_and_the_output_exit_code_with_no_partial_file(tmp_path, tiny_weights, capsys):
+def test_an_unwritable_csv_is_one_line_and_the_output_exit_code_with_no_partial_file(tmp_path, tiny_weights, capsys,
+                                                                                      monkeypatch):
     stack = next((HERE / "input").rglob("*.tif"))
     out = tmp_path / "taken"
-    out.mkdir()  # a folder where the CSV should go: the rename at the end fails (also as root)
-    assert main(["predict", str(stack), "--out", str(out), "--weights", str(tiny_weights), "--batch-size", "5"]) \
-        == EXIT_OUTPUT
-    err = capsys.readouterr().err
-    assert err.splitlines()[-1].startswith(f"output error: {out}: cannot write the CSV")
-    assert "Traceback" not in err and sorted(p.name for p in tmp_path.iterdir()) == ["taken", "weights"]
-    assert not any(out.iterdir())
-    (tmp_path / "file").write_text("")  # the CSV's folder is a file: fails before any inference
+    out.mkdir()  # a folder where the CSV should go: refused before any inference
+    assert main(["predict", str(stack), "--out", str(out), "--weights", str(tiny_weights)]) == EXIT_OUTPUT
+    assert capsys.readouterr().err == f"amf predict: error: --out {out}: a folder is there; give a file name\n"
+    (tmp_path / "file").write_text("")  # the CSV's folder is a file: refused too
     assert main(["predict", str(stack), "--out", str(tmp_path / "file" / "p.csv"),
                  "--weights", str(tiny_weights)]) == EXIT_OUTPUT
     err = capsys.readouterr().err
-    assert err.splitlines()[-1].startswith("output error: ") and "Traceback" not in err
+    assert err.startswith("amf predict: error: --out ") and "is a file, not a folder" in err and err.count("\n") == 1
+
+    def refuse(*args):  # the rename at the end fails (e.g. the disk filled up): no partial file is left
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(predict.os, "replace", refuse)
+    assert main(["predict", str(stack), "--out", str(tmp_path / "p.csv"), "--weights", str(tiny_weights),
+                 "--batch-size", "5"]) == EXIT_OUTPUT
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (f"amf predict: error: {tmp_path / 'p.csv'}: cannot write the CSV "
+                                    "(No space left on device)")
+    assert "Traceback" not in err and sorted(p.name for p in tmp_path.iterdir()) == ["file", "taken", "weights"]
+
+
+def test_progress_in_a_log_is_separate_lines(tmp_path, tiny_weights):
+    stack = next((HERE / "input").rglob("*.tif"))
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "predict", str(stack), "--out", str(tmp_path / "p.csv"),
+                           "--weights", str(tiny_weights), "--batch-size", "4"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)  # stderr a pipe, as in a redirected log
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("predicted ")]
+    assert lines[0].startswith("predicted 4 patches from 1 file(s)") and lines[-1].startswith("predicted 16 patches")
 
 
 def test_a_missing_model_is_the_model_exit_code(tmp_path, capsys):
     stack = next((HERE / "input").rglob("*.tif"))
     assert main(["predict", str(stack), "--out", str(tmp_path / "p.csv"), "--weights", str(tmp_path)]) == EXIT_MODEL
-    assert capsys.readouterr().err.startswith("model error: ") and not (tmp_path / "p.csv").exists()
+    err = capsys.readouterr().err
+    assert err.startswith(f"amf predict: error: {tmp_path / 'ensemble.json'}: ") and err.count("\n") == 1
+    assert not (tmp_path / "p.csv").exists()

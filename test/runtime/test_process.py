@@ -30,7 +30,7 @@ from conftest import (
 
 import process
 from runtime import contract, grand_challenge
-from runtime.errors import OutputError
+from runtime.errors import EXIT_INPUT, OutputError
 from runtime.grand_challenge import OUTPUT_FILE, validate_results
 from runtime.stack import read_stack
 from runtime.vote import vote
@@ -491,6 +491,6 @@ def test_a_corrupt_compressed_stack_is_one_line_on_stderr_with_the_decoders_mess
     stack.write_bytes(bytes(data))
     code = process.main(["--input", str(gc_input), "--output", str(tmp_path / "out"), "--weights", str(tiny_weights)])
     err = capfd.readouterr().err
-    assert code == process.EXIT_INPUT and not (tmp_path / "out" / OUTPUT_FILE).exists()
+    assert code == EXIT_INPUT and not (tmp_path / "out" / OUTPUT_FILE).exists()
     assert len(err.splitlines()) == 1 and err.startswith(f"input error: {stack}: cannot read the pixel data")
     assert "ZIPDecode" in err

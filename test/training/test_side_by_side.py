@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import AMIBR_FIXTURE
 
 from cli.main import main as amf
-from training import side_by_side
+from training import data, side_by_side
 from training.curves import CURVES_FILE
 from training.side_by_side import threads_per_job
 
@@ -29,6 +30,7 @@ def test_two_folds_train_at_once_each_in_its_own_process_with_its_share_of_the_c
         assert f"[{fold}] started: a process of its own, {threads} thread" in out and f"[{fold}] finished" in out
         log = (run / f"{fold}.log").read_text()
         assert f"; {threads} CPU threads" in log  # the child's own torch thread count
+        assert f"[{fold}] epoch 1/1 done in " in log and "\r" not in log  # progress as lines, no bar
         assert json.loads((run / fold / "config.json").read_text())["fold"]["val_domain"] in fold
     assert (run / CURVES_FILE).is_file()
 
@@ -38,16 +40,18 @@ def test_two_folds_train_at_once_each_in_its_own_process_with_its_share_of_the_c
 
 
 def test_a_failing_fold_fails_the_command_and_names_its_log(tmp_path, capsys):
+    (tmp_path / "nothing").mkdir()  # exists, so the parent lets it through; no fold's weights in it
     assert amf(args(tmp_path, "--init", str(tmp_path / "nothing"))) == 1
     out = capsys.readouterr().out
     for fold in FOLDS:
         log = tmp_path / "run" / f"{fold}.log"
-        assert f"[{fold}] failed (exit 1): see {log}" in out
-        assert f"FileNotFoundError: --init {tmp_path / 'nothing'}: neither" in log.read_text()
+        assert f"[{fold}] failed (exit 2): see {log}" in out
+        assert f"amf train: error: --init {tmp_path / 'nothing'}: neither" in log.read_text()
 
 
-def test_side_by_side_on_a_gpu_is_refused_before_any_data_is_read(tmp_path, capsys):
-    assert amf(["train", "--manifest", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "run"),
+def test_side_by_side_on_a_gpu_is_refused_before_any_image_is_read(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(data, "load_patches", lambda *args: pytest.fail("images read"))
+    assert amf(["train", "--manifest", str(AMIBR_FIXTURE / "manifest.csv"), "--out", str(tmp_path / "run"),
                 "--device", "cuda", "--jobs", "2"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("amf train: error: --jobs: on a GPU the folds train one after another") and \
