@@ -77,7 +77,7 @@ class Ensemble:
             groups = [list(g) for g in np.array_split(np.array(files, dtype=object), n_workers)]
             for group in groups:
                 self._workers.append(SessionWorker(group, max(1, threads // n_workers), self.spec.input_name,
-                                                   self.spec.output_name, siblings=self._workers))
+                                                   self.spec.output_name))
             for worker in self._workers:
                 worker.wait_ready()
             self.layout = f"{len(files)} fold graphs in {n_workers} worker processes"
