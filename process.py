@@ -55,7 +55,8 @@ def run(input_dir: Path, output_dir: Path, weights: Path) -> int:
     if ensemble.device_note:
         print(f"CUDA wanted but not used, running on the CPU: {ensemble.device_note}", flush=True)
     print(f"{ensemble.model_file} ({ensemble.spec.identity()}): {len(ensemble.thresholds)} fold models on "
-          f"{ensemble.provider} ({ensemble.layout}), tta {ensemble.tta}; loaded in {loaded - loading:.2f} s",
+          f"{ensemble.provider} ({ensemble.layout}), tta {ensemble.tta}, vote {ensemble.vote}; loaded in "
+          f"{loaded - loading:.2f} s",
           flush=True)
     prediction = ensemble.predict(pages)
     results = results_json(prediction.atypical, prediction.confidence)

@@ -33,6 +33,7 @@ from cli.options import (
     add_out,
     add_runs,
     add_tta,
+    add_vote,
     add_weights,
     non_negative_int,
     positive_float,
@@ -156,6 +157,8 @@ def calibrate_args(p: argparse.ArgumentParser) -> None:
     add_data(p, split_help="the split the folds were trained on (e.g. train)")
     add_tta(p, "the TTA the threshold is chosen for; auto compares none and d4 on validation and keeps the better",
             auto=True)
+    add_vote(p, "the rule the threshold is chosen for; auto scores each rule on validation and keeps majority "
+             "unless another gains at least 0.005 mean BA", default="auto", auto=True)
     p.add_argument("--write", action="store_true", help="write the threshold into each fold's config.json")
     add_batch_size(p, "inference batch", INFERENCE_BATCH)
     add_device(p)
@@ -180,6 +183,8 @@ def evaluate_args(p: argparse.ArgumentParser) -> None:
             "confusion.png")
     add_tta(p, "test-time augmentation (default: the spec's for an exported ensemble, none for checkpoints)",
             default=None)
+    add_vote(p, "the vote (default: the spec's for an exported ensemble, majority for checkpoints; "
+             "mean-then-vote groups the checkpoints by fold folder name)", default=None)
     p.add_argument("--no-vote", action="store_true", help="score the models one by one only (e.g. ablation variants)")
     p.add_argument("--bootstrap", type=non_negative_int, default=2000, metavar="N",
                    help="resamples for 95 %% intervals of BA, over slides where the manifest names them (0: off; "
@@ -200,12 +205,13 @@ def evaluate(args: argparse.Namespace) -> None:
 
 
 def export_args(p: argparse.ArgumentParser) -> None:
-    add_runs(p, "run folder(s) with fold checkpoints, or fold folders, or one exported ensemble folder "
-             "(re-quantised from its own graph)")
+    add_runs(p, "run folder(s) with fold checkpoints, or fold folders (several runs of the same folds: several "
+             "members per fold), or one exported ensemble folder (re-quantised from its own graph)")
     add_data(p, split="train", manifest_help="labelled manifest: int8 calibration and the accuracy guard",
              split_help="the rows for calibration and the per-fold validation guard")
     add_out(p, "folder for ensemble.onnx + ensemble.json", default="weights")
     add_tta(p, "test-time augmentation the container applies (written into ensemble.json)")
+    add_vote(p, "the vote the container applies (written into ensemble.json)", default="majority")
     q = p.add_argument_group("int8")
     q.add_argument("--quantize", default="static", choices=QUANTIZE_MODES,
                    help="static: int8 activations too; weights: int8 weights only, float activations (default static)")
@@ -233,6 +239,7 @@ def predict_args(p: argparse.ArgumentParser) -> None:
     add_weights(p)
     add_batch_size(p, "patches per inference run", 256)
     add_tta(p, "override the ensemble spec's test-time augmentation", default=None)
+    add_vote(p, "override the ensemble spec's vote", default=None)
     add_device(p, "where onnxruntime runs (default: $AMF_DEVICE, else auto: CUDA when a GPU is visible)", default=None)
 
 
@@ -307,13 +314,14 @@ COMMANDS: dict[str, tuple[Callable, Callable, str, str]] = {
     "pick": (pick_args, pick, "keep per fold the run whose model scores best on its validation part",
              "For runs of the same folds: copy each fold's model with the highest validation balanced accuracy "
              "(threshold 0.5) to OUT/<fold>/; OUT/selection.json records every candidate."),
-    "calibrate": (calibrate_args, calibrate, "choose the decision threshold (and TTA) on the validation parts",
+    "calibrate": (calibrate_args, calibrate, "choose the decision threshold, vote and TTA on the validation parts",
                   "Each fold model predicts its own validation part, never the test split; one threshold shared "
-                  "by all folds, the grid value that maximises the mean validation balanced accuracy. Writes "
+                  "by all folds, the grid value that maximises the mean validation balanced accuracy; the vote "
+                  "rule scored on each fold's own members (several runs of the same folds). Writes "
                   "calibration.json in each run folder; --write also puts the threshold into every config.json."),
     "evaluate": (evaluate_args, evaluate, "score fold checkpoints or an exported ensemble on a labelled manifest",
                  "Balanced accuracy (95 % bootstrap interval), sensitivity, specificity and AUROC, overall and per "
-                 "domain, for each fold model and their majority vote (runtime/vote.py, with runtime/tta.py's TTA); "
+                 "domain, for each fold model and their vote (runtime/vote.py, with runtime/tta.py's TTA); "
                  "an exported ensemble runs as in the container. report.html adds the plots and the vote's most "
                  "confident errors per domain."),
     "export": (export_args, export, "export fold checkpoints as the container's int8 ONNX ensemble",
@@ -345,7 +353,7 @@ a typical path (M = a manifest; the shipped model's whole schedule: scripts/repr
   amf predict FOLDER_CSV_OR_STACK --out predictions.csv --weights weights
 
 `amf COMMAND --help` lists a command's options; the data options (--manifest --format --root --split),
---out, --tta MODE, --batch-size, --device and --weights mean the same in every command."""
+--out, --tta MODE, --vote RULE, --batch-size, --device and --weights mean the same in every command."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,9 +1,9 @@
 """The option vocabulary every ``amf`` command shares, defined once: data (``--manifest --format --root
---split``), ``--out``, ``--tta``, ``--batch-size``, ``--device``, ``--weights``, and the run folders.
+--split``), ``--out``, ``--tta``, ``--vote``, ``--batch-size``, ``--device``, ``--weights``, and the run folders.
 
 Parsing imports neither torch nor ``training``: the choice lists that ``training/`` owns (formats, presets,
 selections, quantisation) are repeated here by name, and test/training/test_cli_train.py checks that they
-match. TTA modes come from the runtime's contract, which is torch-free.
+match. TTA modes and vote rules come from the runtime's contract, which is torch-free.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import argparse
 import math
 from pathlib import Path
 
-from runtime.contract import TTA_MODES
+from runtime.contract import TTA_MODES, VOTE_RULES
 
 FORMATS = ("amibr", "midog25", "folders")  # training/data.py: FORMATS + the class-folder layout
 # training/recipe.py: PRESETS
@@ -73,6 +73,15 @@ def add_tta(p: argparse.ArgumentParser, help: str, default: str | None = "none",
     8 rotations/flips); ``auto`` (where offered) lets the command choose it on the validation parts."""
     choices = (*TTA_MODES, AUTO) if auto else TTA_MODES
     p.add_argument("--tta", default=default, choices=choices, metavar="MODE",
+                   help=f"{' | '.join(choices)}: {help}" + (f" (default {default})" if default else ""))
+
+
+def add_vote(p: argparse.ArgumentParser, help: str, default: str | None, auto: bool = False) -> None:
+    """``--vote RULE``: how the models' answers combine (runtime/vote.py: majority, seed 001's; mean-probability;
+    mean-then-vote, for several models per fold); ``auto`` (where offered) lets the command choose it on the
+    validation parts."""
+    choices = (*VOTE_RULES, AUTO) if auto else VOTE_RULES
+    p.add_argument("--vote", default=default, choices=choices, metavar="RULE",
                    help=f"{' | '.join(choices)}: {help}" + (f" (default {default})" if default else ""))
 
 

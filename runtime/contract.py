@@ -10,8 +10,11 @@
      "input_name": "image",           # uint8 [N, 128, 128, 3] RGB, NHWC, N dynamic
      "output_name": "prob",           # float32 [N, F]: P(atypical) per fold model (the graph also has "logit")
      "patch_size": 128,
-     "folds": [{"name": "val-tupac16", "threshold": 0.5, ...}],  # one output column each, in this order
-     "vote": "majority", "tie": "mean-probability", "confidence": "mean-probability",  # runtime/vote.py
+     "folds": [{"name": "val-tupac16", "threshold": 0.5, ...}],  # one output column each, in this order:
+                                      # a member of the fold "group" (optional; default its name): several
+                                      # members of one fold (two runs' models) share it
+     "vote": "majority" | "mean-probability" | "mean-then-vote",  # runtime/vote.py; default majority
+     "tie": "mean-probability", "confidence": "mean-probability",  # what majority does with them
      "tta": "none" | "d4",            # runtime/tta.py
      "provenance": {...}}             # free-form: sources, git_commit, model_sha256 (of model_file), parity figures
 
@@ -40,7 +43,8 @@ INPUT_NAME = "image"
 PROB_OUTPUT, LOGIT_OUTPUT = "prob", "logit"
 TTA_VIEWS = {"none": 1, "d4": 8}  # test-time augmentation modes -> views per page (runtime/tta.py)
 TTA_MODES = tuple(TTA_VIEWS)
-VOTE_RULE = {"vote": "majority", "tie": "mean-probability", "confidence": "mean-probability"}
+MAJORITY, MEAN_PROBABILITY, MEAN_THEN_VOTE = "majority", "mean-probability", "mean-then-vote"
+VOTE_RULES = (MAJORITY, MEAN_PROBABILITY, MEAN_THEN_VOTE)  # runtime/vote.py; majority: seed 001's, the default
 GC_MODEL_DIR = Path("/opt/ml/model")  # where Grand Challenge extracts an uploaded model tarball
 SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 
@@ -52,9 +56,11 @@ class EnsembleSpec:
     path: Path
     model_file: Path
     cpu_model_files: list[Path]  # one per fold; empty: CPU sessions load model_file too
-    fold_names: list[str]
+    fold_names: list[str]  # one per output column: its model's name
+    member_of: list[str]  # one per output column: the fold its model belongs to (its "group")
     thresholds: np.ndarray
     tta: str
+    vote: str
     patch_size: int
     input_name: str
     output_name: str
@@ -67,15 +73,18 @@ class EnsembleSpec:
                          for label, key in (("sha256", "model_sha256"), ("commit", "git_commit")))
 
 
-def make_spec(folds: list[dict], tta: str, provenance: dict, cpu_graphs: bool = True) -> dict:
-    """The spec export writes: ``folds`` are dicts with at least ``name`` and ``threshold``; ``cpu_graphs``:
-    one CPU_MODEL_FILES per fold is written beside MODEL_FILE."""
+def make_spec(folds: list[dict], tta: str, provenance: dict, cpu_graphs: bool = True, vote: str = MAJORITY) -> dict:
+    """The spec export writes: ``folds`` are dicts with at least ``name`` and ``threshold`` (and ``group``
+    where a fold has several members), one per output column; ``cpu_graphs``: one CPU_MODEL_FILES per column
+    is written beside MODEL_FILE."""
     if tta not in TTA_MODES:
         raise ValueError(f"unknown tta {tta!r} ({' | '.join(TTA_MODES)})")
+    if vote not in VOTE_RULES:
+        raise ValueError(f"unknown vote rule {vote!r} ({' | '.join(VOTE_RULES)})")
     return {"format": FORMAT, "version": VERSION, "model_file": MODEL_FILE,
             **({"cpu_model_files": [CPU_MODEL_FILES.format(i) for i in range(len(folds))]} if cpu_graphs else {}),
-            "input_name": INPUT_NAME,
-            "output_name": PROB_OUTPUT, "patch_size": PATCH_SIZE, "folds": folds, **VOTE_RULE, "tta": tta,
+            "input_name": INPUT_NAME, "output_name": PROB_OUTPUT, "patch_size": PATCH_SIZE, "folds": folds,
+            "vote": vote, "tie": MEAN_PROBABILITY, "confidence": MEAN_PROBABILITY, "tta": tta,
             "provenance": provenance}
 
 
@@ -87,14 +96,17 @@ def read_spec(folder: str | Path) -> EnsembleSpec:
         spec = EnsembleSpec(
             path=path, model_file=path.parent / doc["model_file"],
             cpu_model_files=[path.parent / f for f in doc.get("cpu_model_files", [])],
-            fold_names=[f["name"] for f in doc["folds"]],
+            fold_names=[f["name"] for f in doc["folds"]], member_of=[f.get("group", f["name"]) for f in doc["folds"]],
             thresholds=np.array([f["threshold"] for f in doc["folds"]], np.float64), tta=doc.get("tta", "none"),
+            vote=doc.get("vote", MAJORITY),
             patch_size=int(doc.get("patch_size", PATCH_SIZE)), input_name=doc.get("input_name", INPUT_NAME),
             output_name=doc.get("output_name", PROB_OUTPUT), provenance=dict(doc.get("provenance") or {}))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"{path}: unusable ensemble spec ({exc})") from None
     if spec.tta not in TTA_MODES:
         raise ModelError(f"{path}: unknown tta {spec.tta!r} ({' | '.join(TTA_MODES)})")
+    if spec.vote not in VOTE_RULES:
+        raise ModelError(f"{path}: unknown vote rule {spec.vote!r} ({' | '.join(VOTE_RULES)})")
     if not spec.fold_names:
         raise ModelError(f"{path}: no folds")
     if spec.cpu_model_files and len(spec.cpu_model_files) != len(spec.fold_names):

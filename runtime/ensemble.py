@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime import tta
-from runtime.contract import TTA_VIEWS, read_spec
+from runtime.contract import TTA_VIEWS, VOTE_RULES, read_spec
 from runtime.device import CPU, cpu_threads, cuda_session, load_onnxruntime, session_options, wants_cuda
 from runtime.errors import ModelError
 from runtime.forked import SessionWorker
@@ -31,9 +31,9 @@ class Prediction:
 
 
 class Ensemble:
-    """``tta`` overrides the spec's mode; ``providers`` the device choice of runtime/device.py, which
-    ``n_pages`` (the stack's size) informs. ``device_note`` says why CUDA was wanted but does not run (None
-    otherwise).
+    """``tta`` and ``vote`` override the spec's test-time augmentation and vote rule; ``providers`` the device
+    choice of runtime/device.py, which ``n_pages`` (the stack's size) informs. ``device_note`` says why CUDA was
+    wanted but does not run (None otherwise).
 
     On the CPU, the spec's per-fold CPU graphs run when it has them (else the standard graph): in worker
     processes, one per CPU up to one per fold, when this process has loaded neither onnxruntime nor PyTorch
@@ -42,12 +42,14 @@ class Ensemble:
     which. ``close`` ends the workers."""
 
     def __init__(self, weights_dir: str | Path, providers: list | None = None, tta: str | None = None,
-                 n_pages: int | None = None) -> None:
+                 n_pages: int | None = None, vote: str | None = None) -> None:
         self.spec = read_spec(weights_dir)
         self.model_file, self.thresholds = self.spec.model_file, self.spec.thresholds
-        if tta is not None and tta not in TTA_VIEWS:  # the spec's own mode is checked by read_spec
+        if tta is not None and tta not in TTA_VIEWS:  # the spec's own mode and rule are checked by read_spec
             raise ModelError(f"unknown tta {tta!r} ({' | '.join(TTA_VIEWS)})")
-        self.tta = tta or self.spec.tta
+        if vote is not None and vote not in VOTE_RULES:
+            raise ModelError(f"unknown vote rule {vote!r} ({' | '.join(VOTE_RULES)})")
+        self.tta, self.vote = tta or self.spec.tta, vote or self.spec.vote
         self.device_note: str | None = None
         self._sessions: list = []
         self._workers: list[SessionWorker] = []
@@ -77,7 +79,7 @@ class Ensemble:
             groups = [list(g) for g in np.array_split(np.array(files, dtype=object), n_workers)]
             for group in groups:
                 self._workers.append(SessionWorker(group, max(1, threads // n_workers), self.spec.input_name,
-                                                   self.spec.output_name, siblings=self._workers))
+                                                   self.spec.output_name))
             for worker in self._workers:
                 worker.wait_ready()
             self.layout = f"{len(files)} fold graphs in {n_workers} worker processes"
@@ -135,5 +137,5 @@ class Ensemble:
 
     def predict(self, pages: np.ndarray) -> Prediction:
         probs = self.probabilities(pages)
-        atypical, confidence = vote(probs, self.thresholds)
+        atypical, confidence = vote(probs, self.thresholds, self.vote, self.spec.member_of)
         return Prediction(atypical, confidence, probs)

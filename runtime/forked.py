@@ -2,7 +2,8 @@
 
 onnxruntime holds the GIL while it builds a session, so threads cannot overlap a session build with anything;
 processes can. Parent and child talk through pipes in frames: a JSON header (what follows: dtype and shape, or
-an error) and an array's raw bytes. No pickle.
+an error) and an array's raw bytes. No pickle. Every child starts by closing the descriptors it inherited but its
+own pipe ends (:func:`fork_keeping`).
 """
 
 from __future__ import annotations
@@ -61,6 +62,23 @@ def _read_exactly(fd: int, n: int) -> bytes | None:
     return b"".join(chunks)
 
 
+def fork_keeping(*keep: int) -> int:
+    """``os.fork()``, and in the child every inherited descriptor closed but stdin, stdout, stderr and ``keep``.
+    A fork copies all of the parent's descriptors (close-on-exec does not act on a fork), and a pipe's reader
+    sees its end only when every copy of the write end is closed: a worker holding the request pipe of another
+    worker, of its own ensemble or of another one in this process, would keep that worker, and the ``close``
+    that waits for it, waiting forever. Closing everything else, as ``subprocess`` does (``close_fds``), also
+    covers descriptors this module does not know of."""
+    pid = os.fork()
+    if pid == 0:
+        start = 3
+        for fd in sorted(keep):
+            os.closerange(start, fd)
+            start = fd + 1
+        os.closerange(start, os.sysconf("SC_OPEN_MAX"))
+    return pid
+
+
 class ForkedRead:
     """``ForkedRead(fn, *args).result()`` gives ``(fn(*args), seconds it took)``; an InputError of ``fn`` is raised
     here with its message, any other exception as a RuntimeError carrying the child's traceback. ``fn`` returns
@@ -68,12 +86,11 @@ class ForkedRead:
 
     def __init__(self, fn: Callable[..., np.ndarray], *args: Any) -> None:
         self._read, write = os.pipe()
-        self._pid = os.fork()
+        self._pid = fork_keeping(write)
         if self._pid:
             os.close(write)
             return
-        os.close(self._read)  # the child: answer, then end without running the parent's exit handlers
-        try:
+        try:  # the child: answer, then end without running the parent's exit handlers
             start = time.perf_counter()
             try:
                 array = np.asarray(fn(*args))
@@ -103,23 +120,18 @@ class ForkedRead:
 class SessionWorker:
     """A forked child that loads fold graphs (one onnxruntime CPU session each, ``threads`` threads) and answers
     batches with their probabilities side by side, [N, len(files)], until the parent closes the pipes. Fork it
-    before this process loads onnxruntime: a child must not inherit onnxruntime's threads and locks. ``siblings``:
-    the workers forked before this one."""
+    before this process loads onnxruntime: a child must not inherit onnxruntime's threads and locks."""
 
-    def __init__(self, files: list[Path], threads: int, input_name: str, output_name: str,
-                 siblings: list[SessionWorker] = ()) -> None:
+    def __init__(self, files: list[Path], threads: int, input_name: str, output_name: str) -> None:
         self.files = files
         parent_read, child_write = os.pipe()
         child_read, parent_write = os.pipe()
-        self._pid = os.fork()
+        self._pid = fork_keeping(child_read, child_write)
         if self._pid:
             os.close(child_read)
             os.close(child_write)
             self._read, self._write = parent_read, parent_write
             return
-        # the child keeps only its own pipes: a sibling's request pipe left open here would never reach its end
-        for fd in (parent_read, parent_write, *(fd for s in siblings for fd in (s._read, s._write))):
-            os.close(fd)
         try:
             _serve(files, threads, input_name, output_name, child_read, child_write)
         finally:

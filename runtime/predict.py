@@ -165,10 +165,10 @@ def run(args: argparse.Namespace) -> int:
     if args.device:
         os.environ["AMF_DEVICE"] = args.device
     files = expand(args.paths)
-    ensemble = Ensemble(args.weights or default_weights(), tta=args.tta)
+    ensemble = Ensemble(args.weights or default_weights(), tta=args.tta, vote=args.vote)
     note = f" (CUDA not used: {ensemble.device_note})" if ensemble.device_note else ""
     print(f"{len(files)} file(s); {len(ensemble.thresholds)} fold models on {ensemble.provider} "
-          f"({ensemble.layout}), tta {ensemble.tta}{note}", file=sys.stderr)
+          f"({ensemble.layout}), tta {ensemble.tta}, vote {ensemble.vote}{note}", file=sys.stderr)
     n = predict_files(files, ensemble, args.out, args.batch_size)
     print(f"wrote {n} rows to {args.out}", file=sys.stderr)
     return EXIT_OK

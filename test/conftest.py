@@ -38,12 +38,33 @@ def tiny_weight_map(height: int, width: int) -> np.ndarray:
 
 
 def make_tiny_ensemble(folder: Path, offsets=(0.0, 0.2, -0.2, 0.4), tta: str = "none", corner: int | None = None,
-                       thresholds=None) -> Path:
+                       thresholds=None, cpu_graphs: bool = False, vote: str | None = "majority",
+                       groups=None) -> Path:
     """ONNX model with the shipped interface: uint8 'image' [N,128,128,3] -> 'prob'/'logit' [N,F], where
     logit = (weighted mean intensity - 128) / 16 + offset per fold, the weights :func:`tiny_weight_map`'s
     (channel- and position-sensitive), computed in float64 so that :func:`tiny_model_probs` is its exact twin
     (NaN offsets give non-finite outputs). With ``corner`` the weighted mean is over the top-left corner x corner
-    pixels only. ``thresholds``: the spec's per-fold thresholds (default 0.5 each)."""
+    pixels only. ``thresholds``: the spec's per-fold thresholds (default 0.5 each). ``cpu_graphs``: one graph
+    per fold beside it (output [N, 1]), listed as the spec's ``cpu_model_files``. ``vote``: the spec's rule
+    (None: no ``vote`` field, as in old specs); ``groups``: each column's fold (``group``), when given."""
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(tiny_graph(offsets, corner), str(folder / "ensemble.onnx"))
+    cpu_files = [f"ensemble.cpu.{i}.onnx" for i in range(len(offsets))] if cpu_graphs else []
+    for name, offset in zip(cpu_files, offsets):
+        onnx.save(tiny_graph((offset,), corner), str(folder / name))
+    thresholds = [0.5] * len(offsets) if thresholds is None else thresholds
+    groups = [None] * len(offsets) if groups is None else groups
+    (folder / "ensemble.json").write_text(json.dumps({
+        "format": "amf-mtl-ensemble", "version": 1, "model_file": "ensemble.onnx", "input_name": "image",
+        "output_name": "prob", "patch_size": 128, **({"vote": vote} if vote else {}), "tie": "mean-probability",
+        "confidence": "mean-probability", "tta": tta, **({"cpu_model_files": cpu_files} if cpu_files else {}),
+        "folds": [{"name": f"fold{i}", "threshold": t, **({"group": g} if g else {})}
+                  for i, (t, g) in enumerate(zip(thresholds, groups))]}))
+    return folder
+
+
+def tiny_graph(offsets, corner: int | None) -> onnx.ModelProto:
+    """make_tiny_ensemble's model, one output column per offset."""
     size = corner or 128
     nodes = [helper.make_node("Cast", ["image"], ["x"], to=TensorProto.DOUBLE)]
     inits = [numpy_helper.from_array(np.array([1, 2, 3], np.int64), "axes"),
@@ -75,15 +96,7 @@ def make_tiny_ensemble(folder: Path, offsets=(0.0, 0.2, -0.2, 0.4), tta: str = "
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
     onnx.checker.check_model(model)
-    folder.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(folder / "ensemble.onnx"))
-    thresholds = [0.5] * len(offsets) if thresholds is None else thresholds
-    (folder / "ensemble.json").write_text(json.dumps({
-        "format": "amf-mtl-ensemble", "version": 1, "model_file": "ensemble.onnx", "input_name": "image",
-        "output_name": "prob", "patch_size": 128, "vote": "majority", "tie": "mean-probability",
-        "confidence": "mean-probability", "tta": tta,
-        "folds": [{"name": f"fold{i}", "threshold": t} for i, t in enumerate(thresholds)]}))
-    return folder
+    return model
 
 
 def tiny_conv_graph(seed: int = 0, channels: int = 8) -> onnx.ModelProto:

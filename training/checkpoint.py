@@ -67,6 +67,12 @@ def load_pruned(folder: str | Path) -> tuple[nn.Module, dict]:
     return net.pruned().eval(), config
 
 
+def member_names(folders: list[Path]) -> list[str]:
+    """The fold folders' names, or ``run/fold`` where folders of several runs share a name (members of a fold)."""
+    clash = len({f.name for f in folders}) < len(folders)
+    return [f"{f.parent.name}/{f.name}" if clash else f.name for f in folders]
+
+
 def load_weights_only(path: str | Path) -> dict:
     """A Lightning/PyTorch checkpoint read with ``weights_only=True``: tensors and plain containers only."""
     return torch.load(path, map_location="cpu", weights_only=True)

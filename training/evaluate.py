@@ -6,8 +6,9 @@
 
 A source is an exported ensemble when it holds ``ensemble.json``: it runs through ``runtime.ensemble.Ensemble``,
 the container's own code (onnxruntime, TTA, vote). Any other source is a run folder or fold folder: its
-checkpoints run in PyTorch, with the same TTA (runtime/tta.py) and vote (runtime/vote.py). The checkpoint
-sources together form one ensemble; each exported ensemble is one more. With two or more, they are named A,
+checkpoints run in PyTorch, with the same TTA (runtime/tta.py) and vote (runtime/vote.py; ``--vote``, default
+majority; the members of a fold are the checkpoints in folders of its name). The checkpoint sources together
+form one ensemble; each exported ensemble is one more. With two or more, they are named A,
 B, ... and each vote after A is compared with A's: the paired bootstrap interval of the BA difference.
 
 Writes report.json, report.md (balanced accuracy, sensitivity, specificity, AUROC; overall and per domain;
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime import tta as test_time
-from runtime.contract import TTA_VIEWS, is_exported
+from runtime.contract import MAJORITY, TTA_VIEWS, is_exported
 from runtime.progress import progress_range
 from runtime.vote import vote
 from training.data import load_split
@@ -44,18 +45,22 @@ class Scored:
     source: str  # the folder(s) it came from
     short: str  # their names, for titles
     kind: str  # what ran it, for the report
-    folds: list[str]
+    folds: list[str]  # the models' names, one per column
+    member_of: list[str]  # the fold each model belongs to
     probs: np.ndarray  # float [N, F], P(atypical) of each fold model
     thresholds: np.ndarray  # float [F]
     atypical: np.ndarray  # bool [N], the vote (runtime/vote.py)
     confidence: np.ndarray  # float [N], the ensemble's P(atypical)
     tta: str
+    vote: str
     key: str = ""  # A, B, ... when several ensembles are compared
     extra: dict = field(default_factory=dict)
 
     @property
     def vote_name(self) -> str:
-        return self._prefixed(f"vote ({len(self.folds)} folds)")
+        folds = len(set(self.member_of))
+        size = f"{folds} folds" if folds == len(self.folds) else f"{len(self.folds)} models, {folds} folds"
+        return self._prefixed(f"vote ({size}{'' if self.vote == MAJORITY else ', ' + self.vote})")
 
     def _prefixed(self, name: str) -> str:
         return f"{self.key}: {name}" if self.key else name
@@ -92,32 +97,30 @@ def predict(net, images: np.ndarray, batch_size: int = 64, tta: str = "none", de
 
 
 def score_checkpoints(runs: list[str | Path], images: np.ndarray, tta: str = "none", batch_size: int = 64,
-                      device: str = "cpu") -> Scored:
-    """The fold checkpoints of run folders (or fold folders) as one ensemble. Fold models are named by their
-    folder, or ``run/fold`` where folders of several runs share a name."""
-    from training.checkpoint import load_pruned
+                      device: str = "cpu", rule: str = MAJORITY) -> Scored:
+    """The fold checkpoints of run folders (or fold folders) as one ensemble, voting by ``rule``. Fold models
+    are named by their folder, or ``run/fold`` where folders of several runs share a name (members of a fold)."""
+    from training.checkpoint import load_pruned, member_names
 
     folders = [f for r in runs for f in find_fold_checkpoints(r)]
-    clash = len({f.name for f in folders}) < len(folders)
-    names, columns, thresholds = [], [], []
+    columns, thresholds = [], []
     for folder in folders:
         net, config = load_pruned(folder)
         columns.append(predict(net, images, batch_size, tta, device, label=str(folder)))
         thresholds.append(float(config.get("threshold", 0.5)))
-        names.append(f"{folder.parent.name}/{folder.name}" if clash else folder.name)
-    probs = np.stack(columns, 1)
-    atypical, confidence = vote(probs, thresholds)
+    probs, member_of = np.stack(columns, 1), [f.name for f in folders]
+    atypical, confidence = vote(probs, thresholds, rule, member_of)
     return Scored(", ".join(str(r) for r in runs), ", ".join(Path(r).name for r in runs),
-                  "fold checkpoints (PyTorch, fp32)", names, probs,
-                  np.asarray(thresholds), atypical, confidence, tta)
+                  "fold checkpoints (PyTorch, fp32)", member_names(folders), member_of, probs,
+                  np.asarray(thresholds), atypical, confidence, tta, rule)
 
 
-def score_exported(folder: str | Path, images: np.ndarray, tta: str | None = None) -> Scored:
-    """An exported ensemble exactly as the container runs it (runtime.ensemble.Ensemble); ``tta`` overrides
-    the spec's."""
+def score_exported(folder: str | Path, images: np.ndarray, tta: str | None = None, rule: str | None = None) -> Scored:
+    """An exported ensemble exactly as the container runs it (runtime.ensemble.Ensemble); ``tta`` and ``rule``
+    override the spec's."""
     from runtime.ensemble import Ensemble
 
-    ensemble = Ensemble(folder, tta=tta)
+    ensemble = Ensemble(folder, tta=tta, vote=rule)
     start = time.perf_counter()
     parts = [ensemble.predict(images[i:i + EXPORTED_CHUNK])  # in chunks, for the progress line
              for i in progress_range(len(images), EXPORTED_CHUNK, str(folder))]
@@ -128,22 +131,23 @@ def score_exported(folder: str | Path, images: np.ndarray, tta: str | None = Non
           f"({len(images) / max(seconds, 1e-9):.1f} patches/s)")
     quant = (json.loads(ensemble.spec.path.read_text()).get("provenance") or {}).get("quantization") or {}
     kind = "exported ensemble (onnxruntime" + (f", int8 {quant['mode']}" if "mode" in quant else "") + ")"
-    return Scored(str(folder), Path(folder).name, kind, list(ensemble.spec.fold_names), probs,
-                  np.asarray(ensemble.thresholds, float), atypical, confidence, ensemble.tta,
+    return Scored(str(folder), Path(folder).name, kind, list(ensemble.spec.fold_names), list(ensemble.spec.member_of),
+                  probs, np.asarray(ensemble.thresholds, float), atypical, confidence, ensemble.tta, ensemble.vote,
                   extra={"provider": ensemble.provider})
 
 
 def score_sources(sources: list[str | Path], images: np.ndarray, tta: str | None = None, batch_size: int = 64,
-                  device: str = "auto") -> list[Scored]:
+                  device: str = "auto", rule: str | None = None) -> list[Scored]:
     """Each exported ensemble, and all checkpoint sources together, in the order given; named A, B, ... when
-    there are several. ``tta`` None: the spec's mode for an exported ensemble, none for checkpoints."""
+    there are several. ``tta`` and ``rule`` None: the spec's mode and vote for an exported ensemble, none and
+    majority for checkpoints."""
     runs = [s for s in sources if not is_exported(s)]
     scored = []
     for s in sources:
         if is_exported(s):
-            scored.append(score_exported(s, images, tta))
+            scored.append(score_exported(s, images, tta, rule))
         elif s == runs[0]:
-            scored.append(score_checkpoints(runs, images, tta or "none", batch_size, device))
+            scored.append(score_checkpoints(runs, images, tta or "none", batch_size, device, rule or MAJORITY))
     if len(scored) > 1:
         for key, one in zip("ABCDEFGHIJKLMNOPQRSTUVWXYZ", scored):
             one.key = key
@@ -163,7 +167,7 @@ def run(args: argparse.Namespace) -> None:
     if args.device in ("cpu", "cuda"):  # the exported ensembles' device (runtime/device.py), as amf predict
         os.environ["AMF_DEVICE"] = args.device
     data = load_split(args.manifest, args.format, args.root, args.split)
-    scored = score_sources(args.runs, data.images, args.tta, args.batch_size, args.device)
+    scored = score_sources(args.runs, data.images, args.tta, args.batch_size, args.device, args.vote)
     results = {name: r for one in scored for name, r in one.results(not args.no_vote).items()}
     table = evaluate_models(data.labels, data.domains, results, data.slides, args.bootstrap)
     title = f"{' vs '.join(one.short for one in scored)} on {Path(args.manifest).name}"
@@ -176,7 +180,8 @@ def run(args: argparse.Namespace) -> None:
             comparison[f"vote {a.key} - vote {b.key}"] = vote_difference(
                 data.labels, data.domains, a.atypical, b.atypical, data.slides, args.bootstrap or 2000)
     sources = [{"key": s.key, "source": s.source, "kind": s.kind, "folds": s.folds,
-                "thresholds": [float(t) for t in s.thresholds], "tta": s.tta, **s.extra} for s in scored]
+                "thresholds": [float(t) for t in s.thresholds], "tta": s.tta, "vote": s.vote, **s.extra}
+               for s in scored]
     write_report(table, data.labels, results, args.out, title, note, sources, comparison)
     galleries = [] if args.no_vote else scored
     write_html(Path(args.out) / "report.html", title, note, table, sources, comparison, data, galleries,

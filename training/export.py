@@ -1,6 +1,7 @@
 """Export trained fold checkpoints as one compact int8 ONNX ensemble for the container.
 
     amf export runs/amibr-mtl --out weights --manifest ../shared/data/amibr/manifest.csv
+    amf export runs/run1 runs/run2 --vote mean-then-vote --out weights --manifest ...   # two members per fold
 
 Steps: fold checkpoints -> pruned networks (encoder + classifier) -> one float graph on a shared uint8 NHWC
 input (scaling and normalisation inside) with outputs ``prob`` and ``logit`` [N, F] -> int8 (training/quantize.py:
@@ -8,7 +9,9 @@ static by default, calibrated on a fixed, seeded sample of the manifest's traini
 (per fold, int8 vs float balanced accuracy on its own validation part of that split, scored through the per-fold
 CPU graphs: training/cpu_graph.py) and parity (probabilities vs the float model; CPU graphs vs standard graph) -> the
 ensemble spec ``ensemble.json``. What is written, and how the runtime reads it:
-runtime/contract.py.
+runtime/contract.py. Several runs of the same folds give several members per fold: each member is a column of the
+one graph and a CPU graph of its own (the weights stored once, in the standard graph), named ``run/fold`` in the
+spec with its fold as ``group``; the spec's ``vote`` names the rule (runtime/vote.py).
 
 A source that is an exported ensemble (a folder with ``ensemble.json``) is re-quantised from its own graph, its
 int8 weights expanded to float first: for when the fold checkpoints are not at hand.
@@ -32,6 +35,7 @@ from runtime.contract import (
     CPU_MODEL_FILES,
     INPUT_NAME,
     LOGIT_OUTPUT,
+    MAJORITY,
     MODEL_FILE,
     PATCH_SIZE,
     PROB_OUTPUT,
@@ -40,7 +44,7 @@ from runtime.contract import (
     make_spec,
 )
 from runtime.errors import ModelError
-from training.checkpoint import load_pruned
+from training.checkpoint import load_pruned, member_names
 from training.cpu_graph import write_cpu_graphs
 from training.data import PatchSet, load_split
 from training.network import to_input
@@ -94,10 +98,11 @@ def float_graph(sources: list[str | Path]) -> tuple[onnx.ModelProto, list[dict],
         return model, spec["folds"], [str(Path(sources[0]) / spec["model_file"])]
     folders = [f for r in sources for f in find_fold_checkpoints(r)]
     nets, folds = [], []
-    for folder in folders:
+    for folder, name in zip(folders, member_names(folders)):
         net, config = load_pruned(folder)
         nets.append(net)
-        folds.append({"name": folder.name, "threshold": float(config.get("threshold", 0.5)),
+        folds.append({"name": name, **({"group": folder.name} if name != folder.name else {}),
+                      "threshold": float(config.get("threshold", 0.5)),
                       "network": config["network"], "fold": config.get("fold"),
                       "selected_epoch": config.get("selected_epoch"), "selected_on": config.get("selected_on"),
                       "selected_score": config.get("selected_score"),
@@ -115,12 +120,14 @@ def parity(reference: np.ndarray, got: np.ndarray) -> dict:
 
 
 def export_ensemble(sources: list[str | Path], out: str | Path, data: PatchSet, *, tta: str = "none",
-                    mode: str = "static", method: str = CALIBRATION_METHOD, patches: int = CALIBRATION_PATCHES,
-                    seed: int = CALIBRATION_SEED, enforce_guard: bool = True) -> dict:
+                    vote: str = MAJORITY, mode: str = "static", method: str = CALIBRATION_METHOD,
+                    patches: int = CALIBRATION_PATCHES, seed: int = CALIBRATION_SEED,
+                    enforce_guard: bool = True) -> dict:
     """Write ``<out>/ensemble.onnx``, its per-fold CPU graphs ``ensemble.cpu.<fold>.onnx`` (when they hold no
     weights of their own: training/cpu_graph.py) and ``ensemble.json``. ``data``:
     labelled training patches, which calibrate (static mode) and hold each fold's validation part for the
-    accuracy guard. The guard scores the CPU graphs, as the container runs them; nothing is written when it fails."""
+    accuracy guard. The guard scores the CPU graphs, as the container runs them, per member; nothing is written
+    when it fails. ``vote``: the rule the spec names."""
     out = Path(out)
     reference, folds, sources_used = float_graph(sources)
     sample = calibration_sample(data.images, patches, seed)
@@ -151,7 +158,7 @@ def export_ensemble(sources: list[str | Path], out: str | Path, data: PatchSet, 
             path.replace(out / path.name)
     model_path = out / MODEL_FILE
     checks = {"random": parity(float_random, int8_random), "real": parity(float_probs, int8_probs)}
-    spec = make_spec(folds, tta, cpu_graphs=bool(cpu_paths), provenance={
+    spec = make_spec(folds, tta, cpu_graphs=bool(cpu_paths), vote=vote, provenance={
         "sources": sources_used, "git_commit": _git_commit(),
         "model_sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(), "model_bytes": model_path.stat().st_size,
         "quantization": {"mode": mode, **({"method": method, "calibration_patches": int(len(sample)),
@@ -186,11 +193,12 @@ def _git_commit() -> str | None:
 def run(args: argparse.Namespace) -> None:
     """``amf export`` (arguments and their defaults: cli/main.py)."""
     data = load_split(args.manifest, args.format, args.root, args.split)
-    doc = export_ensemble(args.runs, args.out, data, tta=args.tta, mode=args.quantize, method=args.calibration,
+    doc = export_ensemble(args.runs, args.out, data, tta=args.tta, vote=args.vote, mode=args.quantize,
+                          method=args.calibration,
                           patches=args.calibration_patches, enforce_guard=not args.no_guard)
     prov = doc["provenance"]
     print(f"wrote {Path(args.out) / MODEL_FILE}: {len(doc['folds'])} fold models, {prov['model_bytes'] / 1e6:.1f} MB, "
-          f"{args.quantize} int8")
+          f"{args.quantize} int8, vote {doc['vote']}")
     print(f"accuracy guard: {guard_table(doc['folds'], prov['accuracy_guard'])}")
     cpu_graphs = {"CPU graphs vs standard": prov["cpu_graphs_vs_standard"]} if prov["cpu_graphs_vs_standard"] else {}
     for name, c in {**prov["parity_vs_float"], **cpu_graphs}.items():

@@ -153,12 +153,13 @@ def render(title: str, note: str, table: dict, sources: list[dict], comparison: 
               (int((data.domains == c).sum()), int(labels[data.domains == c].sum())) for c in columns}
     vote_rows = {one.vote_name for one in galleries}
     src = "".join(f"<li>{escape(s['key'] + ': ') if s.get('key') else ''}<code>{escape(s['source'])}</code> "
-                  f"{escape(s['kind'])}, {len(s['folds'])} folds, TTA {escape(s['tta'])}"
+                  f"{escape(s['kind'])}, {len(s['folds'])} fold models, TTA {escape(s['tta'])}, "
+                  f"vote {escape(s['vote'])}"
                   + (f", {escape(s['provider'])}" if s.get("provider") else "") + "</li>" for s in sources)
     body = [f"<h1>{escape(title)}</h1>", f'<ul class="sources">{src}</ul>',
             "<h2>Balanced accuracy per domain</h2>",
             f'<p class="muted small">{escape(note.replace("In brackets: ", "In small type: "))} Atypical is the '
-            "positive class; each fold model at its own threshold; the vote: the majority of the folds "
+            "positive class; each fold model at its own threshold; the vote: each source's rule "
             "(runtime/vote.py).</p>",
             _table(table, "balanced_accuracy", columns, counts, vote_rows),
             "<details><summary>Sensitivity, specificity, AUROC</summary>",

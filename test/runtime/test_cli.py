@@ -24,6 +24,7 @@ SHARED = {  # option -> the commands that must offer it
     "--split": {"train", "pick", "calibrate", "evaluate", "export", "masks", "augment"},
     "--out": set(COMMANDS) - {"calibrate"},
     "--tta": {"calibrate", "evaluate", "export", "predict"},
+    "--vote": {"calibrate", "evaluate", "export", "predict"},
     "--batch-size": {"train", "pick", "calibrate", "evaluate", "predict"},
     "--device": {"train", "pick", "calibrate", "evaluate", "predict"},
     "--weights": {"predict"},
@@ -49,6 +50,8 @@ def test_every_command_has_help_with_the_shared_options(command, capsys):
         assert "folders" in text and "midog25" in text
     if "--tta" in text:
         assert "none | d4" in text
+    if "--vote" in text:
+        assert "majority | mean-probability | mean-then-vote" in text
 
 
 def test_top_level_help_lists_every_command(capsys):

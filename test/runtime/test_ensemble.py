@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -135,3 +139,49 @@ def test_vote_majority_tie_and_confidence():
     assert atypical.tolist() == [True, False, True, True]  # tie -> mean >= 0.5; 3 of 4 -> atypical
     np.testing.assert_allclose(confidence, probs.mean(1))
     assert vote(probs[:, :3], [0.5] * 3)[0].tolist() == [True, True, True, True]
+
+
+ENSEMBLES_IN_ONE_PROCESS = """
+import itertools, json, os, sys
+import numpy as np
+from runtime.ensemble import Ensemble
+
+weights, n, expected = sys.argv[1], int(sys.argv[2]), np.array(json.loads(sys.argv[3]))
+pages = np.stack([np.full((128, 128, 3), v, np.uint8) for v in (60, 128, 200)])
+
+def open_ensembles():
+    ensembles = [Ensemble(weights) for _ in range(n)]
+    assert all("worker processes" in e.layout for e in ensembles), [e.layout for e in ensembles]
+    np.testing.assert_allclose(ensembles[-1].probabilities(pages), expected, atol=1e-6)
+    return ensembles
+
+for order in itertools.permutations(range(n)):
+    ensembles = open_ensembles()
+    for i in order:
+        pids = [w._pid for w in ensembles[i]._workers]
+        ensembles[i].close()
+        assert all(not os.path.exists(f"/proc/{pid}") for pid in pids), f"workers of {i} still there"
+left_open = open_ensembles()  # the interpreter's exit ends these
+assert not {"onnxruntime", "torch"} & sys.modules.keys()
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_several_ensembles_in_one_process_close_in_any_order_and_the_process_exits(n, tmp_path):
+    """Ensembles with worker processes (a fresh process: onnxruntime not loaded), ``n`` at a time: each closes
+    in any order with its workers gone, and the interpreter exits with some left open. A worker must not hold
+    another ensemble's pipe ends, or that ensemble's workers never see their input end."""
+    weights = make_tiny_ensemble(tmp_path / "w", offsets=(0.0, 0.3), cpu_graphs=True)
+    pages = np.stack([np.full((128, 128, 3), v, np.uint8) for v in (60, 128, 200)])
+    expected = json.dumps(tiny_model_probs(pages, offsets=(0.0, 0.3)).tolist())
+    proc = subprocess.Popen([sys.executable, "-c", ENSEMBLES_IN_ONE_PROCESS, str(weights), str(n), expected],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "AMF_THREADS": "2", "AMF_DEVICE": "cpu"}, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the script and every worker it left waiting
+        out, err = proc.communicate()
+        pytest.fail(f"hung: {out}{err}")
+    assert proc.returncode == 0 and out == "done\n", out + err

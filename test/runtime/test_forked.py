@@ -48,6 +48,26 @@ def test_child_that_dies_without_answering_is_an_error():
 PARENT = os.getpid()
 
 
+def is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def test_a_child_keeps_none_of_the_descriptors_it_inherited_but_its_own():
+    """A pipe of the parent's left open in a child would hide the pipe's end from its reader (runtime/ensemble.py's
+    workers, several ensembles in one process)."""
+    read, write = os.pipe()
+    try:
+        in_child, _ = ForkedRead(lambda: np.array([is_open(read), is_open(write), is_open(2)])).result()
+        assert in_child.tolist() == [False, False, True] and is_open(read) and is_open(write)
+    finally:
+        os.close(read)
+        os.close(write)
+
+
 def test_a_frame_cut_off_midway_reads_as_the_end():
     read, write = os.pipe()
     send(write, {"seconds": 0.1}, pages_of(2))

@@ -15,3 +15,34 @@ def test_the_shared_threshold_maximises_mean_validation_balanced_accuracy():
     assert 0.35 < t <= 0.38 and score == 1.0
     t, _ = best_shared_threshold([(y, np.array([0.1, 0.1, 0.1, 0.9, 0.9, 0.9]))])
     assert t == 0.5  # a flat optimum keeps the default
+
+
+def test_majority_stays_unless_another_rule_gains_at_least_the_minimum():
+    from training.calibrate import RULE_MIN_GAIN, choose_rule
+
+    assert RULE_MIN_GAIN == 0.005  # the figure
+
+    def scores(majority, mean, then_vote):
+        return {"majority": majority, "mean-probability": mean, "mean-then-vote": then_vote}
+
+    assert choose_rule(scores(0.80, 0.80 + RULE_MIN_GAIN - 1e-4, 0.80)) == "majority"
+    assert choose_rule(scores(0.80, 0.805, 0.80)) == "mean-probability"  # exactly the gain (0.805 - 0.8 in floats)
+    assert choose_rule(scores(0.80, 0.805, 0.806)) == "mean-then-vote"  # the better of the two
+    assert choose_rule(scores(0.80, 0.81, 0.81)) == "mean-probability"  # equals: the first rule
+    assert choose_rule(scores(0.82, 0.81, 0.70)) == "majority"
+
+
+def test_rules_are_scored_per_fold_on_that_folds_members_at_their_own_best_threshold():
+    from training.calibrate import score_rules
+
+    # fold a, three members: the normal patch has two confident members (majority calls it atypical at any
+    # threshold that keeps the atypical one), but the lowest mean; fold b, one member, separable at (0.2, 0.8]
+    a = (np.array([0, 1]), np.array([[0.9, 0.9, 0.0], [0.7, 0.7, 0.7]]))
+    b = (np.array([0, 1]), np.array([[0.2], [0.8]]))
+    rules = score_rules({"val-a": a, "val-b": b})
+    assert rules["majority"]["ba"] == {"val-a": 0.5, "val-b": 1.0} and rules["majority"]["mean_ba"] == 0.75
+    assert rules["majority"]["threshold"] == 0.5  # a flat optimum keeps the default
+    for rule in ("mean-probability", "mean-then-vote"):  # within one fold, mean-then-vote is the mean
+        assert rules[rule]["threshold"] == 0.61 and rules[rule]["mean_ba"] == 1.0, rule  # means 0.6 and 0.7
+    one_each = score_rules({"val-a": (a[0], a[1][:, :1]), "val-b": b})
+    assert len({(r["threshold"], r["mean_ba"]) for r in one_each.values()}) == 1  # one model per fold: alike

@@ -141,6 +141,9 @@ def test_cli_trains_all_folds_resumes_evaluates_and_exports(tmp_path, capsys):
                 "--tta", "auto", "--write"]) == 0
     chosen = json.loads((out / "calibration.json").read_text())
     assert len(chosen["folds"]) == 4 and chosen["tta"] in ("none", "d4") and 0.2 <= chosen["threshold"] <= 0.8
+    # one model per fold: every vote rule is that model at the threshold, and majority stays
+    assert chosen["vote"] == "majority" and set(chosen["members_per_fold"].values()) == {1}
+    assert len({(r["threshold"], r["mean_ba"]) for r in chosen["vote_rules"].values()}) == 1
     assert all(json.loads((out / f / "config.json").read_text())["threshold"] == chosen["threshold"] for f in folds)
 
     assert amf(["export", str(out), "--out", str(tmp_path / "weights"), "--manifest",
@@ -180,6 +183,14 @@ def test_cli_trains_all_folds_resumes_evaluates_and_exports(tmp_path, capsys):
                     "--weights", str(ROOT / "weights"), "--bootstrap", "200", "--out", str(tmp_path / "shipped")],
                    check=True, capture_output=True)
     assert "vote A - vote B" in json.loads((tmp_path / "shipped" / "report.json").read_text())["comparison"]
+
+    # the run and its continuation of fold 0: two members of that fold, scored together on its validation part
+    assert amf(["calibrate", str(out), str(tuned), "--manifest", str(AMIBR_FIXTURE / "manifest.csv"), "--split",
+                "train"]) == 0
+    both = json.loads((tuned / "calibration.json").read_text())
+    assert both["members_per_fold"] == {f: 2 if f == folds[0] else 1 for f in folds}
+    assert set(both["vote_rules"]) == {"majority", "mean-probability", "mean-then-vote"}
+    assert set(both["vote_rules"]["majority"]["ba"]) == set(folds)
 
 
 def test_training_is_reproducible_with_the_same_seed(tmp_path):
