@@ -13,7 +13,7 @@ import torch
 
 from training.augment import AugmentConfig, augment
 from training.data import load_split
-from training.masks import generate_masks, save_mask_grid
+from training.masks import domain_class_groups, generate_masks, save_mask_grid
 from training.network import to_input
 from training.recipe import Recipe
 
@@ -36,9 +36,7 @@ def run(args: argparse.Namespace, recipe: Recipe) -> None:
     """``amf augment`` (arguments and the recipe: cli/main.py)."""
     data = load_split(args.manifest, args.format, args.root, args.split)
     rng = np.random.default_rng(args.seed)
-    pools = [np.flatnonzero((data.domains == d) & (data.labels == y))
-             for d in sorted(set(data.domains)) for y in (1, 0)]
-    picked = np.array([rng.choice(pool) for pool in pools if len(pool)])
+    picked = np.array([rng.choice(group) for group in domain_class_groups(data) if len(group)])
     sample = data.subset(picked)
     tiles, outlines = sample_views(sample.images, generate_masks(sample.images), recipe.augment, args.views, args.seed)
     labels = np.repeat(sample.labels, args.views + 1)

@@ -27,7 +27,7 @@ from skimage.filters import gaussian, threshold_otsu
 from skimage.morphology import disk, opening, remove_small_holes, remove_small_objects
 
 from runtime.errors import InputError
-from training.data import load_split
+from training.data import PatchSet, load_split
 
 GENERATOR_VERSION = "hed-otsu-centre-v2"
 TOUCH_RADIUS = 10  # px: components reaching this close to the centre belong to the figure
@@ -118,13 +118,18 @@ def save_mask_grid(images: np.ndarray, masks: np.ndarray, labels: np.ndarray, ou
     Image.fromarray(grid).save(out, format="PNG")  # whatever the name ends in
 
 
+def domain_class_groups(data: PatchSet) -> list[np.ndarray]:
+    """Row indices per domain (sorted) and class (atypical, then normal): what the sample pictures draw from."""
+    return [np.flatnonzero((data.domains == d) & (data.labels == y)) for d in sorted(set(data.domains))
+            for y in (1, 0)]
+
+
 def sample_grid(manifest: str | Path, out: str | Path, per_class: int = 5, split: str | None = "train",
                 seed: int = 0, format: str = "amibr", root: str | Path | None = None) -> None:
     """Per domain, ``per_class`` random atypical then normal patches with their generated masks, as a PNG grid."""
     data = load_split(manifest, format, root, split)
     rng = np.random.default_rng(seed)
-    groups = [np.flatnonzero((data.domains == d) & (data.labels == y)) for d in sorted(set(data.domains))
-              for y in (1, 0)]
+    groups = domain_class_groups(data)
     if min(map(len, groups)) < per_class:
         raise InputError(f"--per-class {per_class}: some domain has only {min(map(len, groups))} patches of a class "
                          f"in the data (--per-class {min(map(len, groups))} or less)")

@@ -12,28 +12,24 @@ class Terminal(io.StringIO):
         return True
 
 
-def test_in_a_log_each_shown_update_is_a_line_of_its_own():
-    log = io.StringIO()
-    with Progress(log, interval=0) as progress:
-        for i in range(3):
+def shown(stream: io.StringIO, interval: float, steps: int) -> str:
+    """What ``steps`` updates ("step 0", "step 1", ...) leave in ``stream``."""
+    with Progress(stream, interval=interval) as progress:
+        for i in range(steps):
             progress.update(f"step {i}")
-    assert log.getvalue() == "step 0\nstep 1\nstep 2\n"
+    return stream.getvalue()
+
+
+def test_in_a_log_each_shown_update_is_a_line_of_its_own():
+    assert shown(io.StringIO(), 0, 3) == "step 0\nstep 1\nstep 2\n"
 
 
 def test_in_a_log_a_long_interval_keeps_the_first_and_the_last():
-    log = io.StringIO()
-    with Progress(log, interval=3600) as progress:
-        for i in range(5):
-            progress.update(f"step {i}")
-    assert log.getvalue() == "step 0\nstep 4\n"
+    assert shown(io.StringIO(), 3600, 5) == "step 0\nstep 4\n"
 
 
 def test_in_a_terminal_the_line_is_rewritten_and_ended():
-    screen = Terminal()
-    with Progress(screen, interval=3600) as progress:
-        for i in range(3):
-            progress.update(f"step {i}")
-    assert screen.getvalue() == "\rstep 0\rstep 1\rstep 2\n"
+    assert shown(Terminal(), 3600, 3) == "\rstep 0\rstep 1\rstep 2\n"
 
 
 def test_progress_range_counts_the_patches_done():
