@@ -4,7 +4,7 @@ Arguments are parsed before anything heavy is imported: torch and the ``training
 command that needs them runs, so ``amf COMMAND --help`` is instant and works in the runtime-only install.
 Each command's implementation is a ``run(args)`` in its module (training/*.py, runtime/predict.py). Arguments
 and paths are checked before the work starts, and before torch loads wherever the check needs no torch (the
-option types, cli/checks.py, ``training.data.check_split``). Every problem the user can act on is one of
+option types, cli/checks.py, ``training.data.check_datasets``). Every problem the user can act on is one of
 runtime/errors.py's errors, raised where it is found and printed here as one ``amf COMMAND: error: ...`` line
 with its exit code: 2 a bad argument or input (a manifest, a split, a recipe field, a source of the wrong kind,
 a training command without the ``train`` extra), 3 an output that cannot be written (also a full disk), 4 an
@@ -38,6 +38,7 @@ from cli.options import (
     non_negative_int,
     positive_float,
     positive_int,
+    resolve_data,
 )
 from runtime.errors import AmfError, InputError, OutputError
 
@@ -59,13 +60,15 @@ class Parser(argparse.ArgumentParser):
 
 def check_data(args: argparse.Namespace) -> None:
     """Before a training-side command starts: the ``train`` extra is installed (else the same line as when an
-    import fails), and the data options select rows (training/data.py reads only the CSV: no torch)."""
+    import fails), the data options pair into ``args.data`` (one source per --manifest), and they select rows
+    (training/data.py reads only the CSVs: no torch)."""
     missing = next((name for name in sorted(TRAIN_EXTRA) if find_spec(name) is None), None)
     if missing:
         raise ModuleNotFoundError(f"No module named {missing!r}", name=missing)
-    from training.data import check_split
+    from training.data import check_datasets
 
-    check_split(args.manifest, args.format, args.root, args.split)
+    resolve_data(args)
+    check_datasets(args.data, args.split)
 
 
 # ---- the commands: each parses here and imports its implementation only when it runs ----
@@ -94,6 +97,11 @@ def train_args(p: argparse.ArgumentParser) -> None:
     f.add_argument("--masks", type=Path, metavar="DIR",
                    help="folder of masks made elsewhere (default: the built-in generator)")
     f.add_argument("--cache", type=Path, default=Path("cache"), metavar="DIR", help="mask cache folder (default cache)")
+    o = p.add_argument_group("figures two datasets share (training/overlap.py; refused by default, exit 2)")
+    o = o.add_mutually_exclusive_group()
+    o.add_argument("--drop-overlap", action="store_true", help="drop the training rows that show a figure held out "
+                   "by --split or by a fold's validation (or test) part")
+    o.add_argument("--allow-overlap", action="store_true", help="train anyway (recorded in each config.json)")
     x = p.add_argument_group("run")
     x.add_argument("--resume", action="store_true", help="skip finished folds, continue the current one from "
                    "ckpt/last.ckpt")
@@ -288,6 +296,20 @@ def augment(args: argparse.Namespace) -> None:
     augment_sample.run(args, chosen)
 
 
+def data_args(p: argparse.ArgumentParser) -> None:
+    add_data(p, split_help="count only this split's rows (the figures it holds out are still compared)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="also write DIR/data.json (the table and every duplicate)")
+
+
+def data(args: argparse.Namespace) -> None:
+    check_data(args)
+    if args.out is not None:
+        checks.output_folder(args.out)
+    from training import data_report
+
+    data_report.run(args)
+
+
 def curves_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, metavar="RUN", help="run folder (one sub-folder per fold), or one fold folder")
     p.add_argument("--out", type=Path, help="PNG to write (default RUN/curves.png)")
@@ -303,6 +325,10 @@ def curves(args: argparse.Namespace) -> None:
 
 COMMANDS: dict[str, tuple[Callable, Callable, str, str]] = {
     # name: (arguments, implementation, one-line help, description)
+    "data": (data_args, data, "what the data options select, per dataset and domain, and the figures datasets share",
+             "Per dataset and domain: rows, atypical, slides, votes known, patches cropped or padded to 128x128; "
+             "then the figures found in two datasets (same slide and position within 8 px, or the same pixels at "
+             "the centre). --out DIR writes DIR/data.json."),
     "train": (train_args, train, "cross-validated training of a recipe (Lightning)",
               "Train every fold of a recipe (leave one domain out, or slide-grouped k-fold); seed 001's multi-task "
               "network by default. Each fold writes <out>/<fold>/: Lightning checkpoints every epoch, metrics.csv, "
@@ -345,6 +371,7 @@ commands:
 {commands}
 
 a typical path (M = a manifest; the shipped model's whole schedule: scripts/reproduce_default.sh):
+  amf data --manifest M --split train
   amf train --manifest M --split train --preset scratch --epochs 25 --out runs/X
   amf curves runs/X
   amf calibrate runs/X --manifest M --split train --tta auto
@@ -352,8 +379,12 @@ a typical path (M = a manifest; the shipped model's whole schedule: scripts/repr
   amf export runs/X --manifest M --out weights
   amf predict FOLDER_CSV_OR_STACK --out predictions.csv --weights weights
 
-`amf COMMAND --help` lists a command's options; the data options (--manifest --format --root --split),
---out, --tta MODE, --vote RULE, --batch-size, --device and --weights mean the same in every command."""
+several datasets: repeat the data options, e.g. --manifest A --format amibr --manifest B --format midog25
+(domains become dataset:domain; amf train refuses a figure that two of them share across a held-out part)
+
+`amf COMMAND --help` lists a command's options; the data options (--manifest --format --root --name
+--domain-column --columns --split), --out, --tta MODE, --vote RULE, --batch-size, --device and --weights mean the
+same in every command."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,6 @@
-"""The option vocabulary every ``amf`` command shares, defined once: data (``--manifest --format --root
---split``), ``--out``, ``--tta``, ``--vote``, ``--batch-size``, ``--device``, ``--weights``, and the run folders.
+"""The option vocabulary every ``amf`` command shares, defined once: data (``--manifest --format --root --name
+--domain-column --columns``, repeated for several datasets, and ``--split``), ``--out``, ``--tta``, ``--vote``,
+``--batch-size``, ``--device``, ``--weights``, and the run folders.
 
 Parsing imports neither torch nor ``training``: the choice lists that ``training/`` owns (formats, presets,
 selections, quantisation) are repeated here by name, and test/training/test_cli_train.py checks that they
@@ -13,8 +14,9 @@ import math
 from pathlib import Path
 
 from runtime.contract import TTA_MODES, VOTE_RULES
+from runtime.errors import InputError
 
-FORMATS = ("amibr", "midog25", "folders")  # training/data.py: FORMATS + the class-folder layout
+FORMATS = ("amibr", "midog25", "csv", "folders")  # training/data.py: FORMATS + CSV_FORMAT + the class-folder layout
 # training/recipe.py: PRESETS
 PRESETS = ("h-optimus-0-lora", "scratch", "scratch-strong", "seed001", "seed002-efficientnetv2-m", "seed002-swin-b",
            "seed002-vit-l16", "seed003", "uni-linear", "uni-lora", "virchow-lora", "virchow2-lora")
@@ -52,15 +54,74 @@ def add_runs(p: argparse.ArgumentParser, help: str = "run folder(s) with fold ch
 
 def add_data(p: argparse.ArgumentParser, *, split: str | None = None, split_help: str = "use only this split's rows",
              manifest_help: str = "CSV manifest, or a class-folder root with --format folders") -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--manifest", required=True, type=Path, help=manifest_help)
-    g.add_argument("--format", default="amibr", choices=FORMATS,
-                   help="amibr (file,label,domain,split), midog25 (image_id,majority,Tumor), folders "
-                        "(ROOT/[domain/]class/*.png) (default amibr)")
-    g.add_argument("--root", type=Path, metavar="DIR",
+    """The data options. Several datasets: repeat ``--manifest``; each per-dataset option is given once (it applies
+    to every dataset) or once per manifest (paired in order); ``--name`` once per manifest; ``--columns`` once per
+    ``--format csv`` dataset (paired in order) or once for all of them. :func:`resolve_data` pairs them."""
+    g = p.add_argument_group("data (repeat --manifest for several datasets; a per-dataset option given once "
+                             "applies to all, else once per --manifest, paired in order)")
+    g.add_argument("--manifest", required=True, type=Path, action="append", help=manifest_help)
+    g.add_argument("--format", choices=FORMATS, action="append",
+                   help="amibr (file,label,domain,split,slide,x,y), midog25 (the published MIDOG 2025 CSV: image_id,"
+                        "filename,coordinateX/Y,Tumor,Scanner,Species,expert1-3,majority), csv (columns named by "
+                        "--columns), folders (ROOT/[domain/]class/*.png) (default amibr)")
+    g.add_argument("--root", type=Path, metavar="DIR", action="append",
                    help="folder the manifest's paths are relative to (default: the manifest's)")
+    g.add_argument("--name", action="append", help="the dataset's name in tables and domains (dataset:domain; "
+                   "default: its format, or the manifest's file name for csv and folders)")
+    g.add_argument("--domain-column", action="append", metavar="COLUMN",
+                   help="the column that defines domains (midog25: Tumor | Scanner | Species, default Tumor)")
+    g.add_argument("--columns", action="append", metavar="KEY=COLUMN,...",
+                   help="--format csv: path=...,label=... and optionally domain, split, slide, x, y, votes "
+                        "(a fraction), e.g. path=image_id,label=majority,slide=filename")
     g.add_argument("--split", default=split,
-                   help=f"{split_help} (default {split if split else 'all rows'})")
+                   help=f"{split_help}; with several datasets, those without a split column give every row "
+                        f"(default {split if split else 'all rows'})")
+
+
+def resolve_data(args: argparse.Namespace) -> None:
+    """Pair the data options into ``args.data`` (training.data.DataSource, one per ``--manifest``); a count that
+    does not pair is an InputError (one line)."""
+    from training.data import CSV_FORMAT, DataSource
+
+    manifests = args.manifest
+    n = len(manifests)
+
+    def paired(option: str, values: list | None, count: int = n, once: bool = True) -> list:
+        if not values:
+            return [None] * count
+        if len(values) == count or (once and len(values) == 1):
+            return values * (count // len(values))
+        allowed = f"once or {count} times" if once else f"{count} times"
+        raise InputError(f"--{option} given {len(values)} times for {n} --manifest: give it {allowed} "
+                         f"(paired in order)")
+
+    formats = [f or "amibr" for f in paired("format", args.format)]
+    csv_count = formats.count(CSV_FORMAT)
+    if args.columns and not csv_count:
+        raise InputError("--columns: names the columns of a --format csv manifest, and none is csv")
+    columns = iter(paired("columns", args.columns, csv_count))
+    names = paired("name", args.name, once=n == 1)
+    sources = []
+    for manifest, fmt, root, name, domain in zip(manifests, formats, paired("root", args.root), names,
+                                                 paired("domain-column", args.domain_column)):
+        if fmt == CSV_FORMAT and not args.columns:
+            raise InputError(f"--format csv ({manifest}): name its columns with --columns path=...,label=...")
+        default = fmt if fmt in ("amibr", "midog25") else Path(manifest).stem
+        sources.append(DataSource(manifest, fmt, root, name or default, domain,
+                                  next(columns) if fmt == CSV_FORMAT else None))
+    args.data = unique_names(sources)
+
+
+def unique_names(sources: list) -> list:
+    """Dataset names made unique in order (``amibr``, ``amibr-2``, ...)."""
+    from dataclasses import replace
+
+    seen: dict[str, int] = {}
+    out = []
+    for source in sources:
+        seen[source.name] = seen.get(source.name, 0) + 1
+        out.append(source if seen[source.name] == 1 else replace(source, name=f"{source.name}-{seen[source.name]}"))
+    return out
 
 
 def add_out(p: argparse.ArgumentParser, help: str, default: str | None = None) -> None:

@@ -34,7 +34,7 @@ from sklearn.metrics import balanced_accuracy_score
 from runtime.contract import MAJORITY, VOTE_RULES
 from runtime.vote import vote
 from training.checkpoint import load_pruned
-from training.data import ManifestError, PatchSet, load_split
+from training.data import ManifestError, PatchSet, load_datasets
 from training.evaluate import predict
 from training.folds import Fold
 from training.run_files import CONFIG_FILE, WEIGHTS_FILE, find_fold_checkpoints
@@ -138,7 +138,7 @@ def pick_per_fold(doc: dict, out: str | Path) -> dict:
 
 def run(args: argparse.Namespace) -> None:
     """``amf calibrate`` (arguments: cli/main.py)."""
-    data = load_split(args.manifest, args.format, args.root, args.split)
+    data = load_datasets(args.data, args.split)
     doc = calibrate(args.runs, data, args.tta, args.batch_size, args.device, args.vote)
     print(json.dumps(doc, indent=2))
     for run_folder in args.runs:
@@ -152,6 +152,6 @@ def run(args: argparse.Namespace) -> None:
 
 def run_pick(args: argparse.Namespace) -> None:
     """``amf pick`` (arguments: cli/main.py)."""
-    data = load_split(args.manifest, args.format, args.root, args.split)
+    data = load_datasets(args.data, args.split)
     doc = calibrate(args.runs, data, "none", args.batch_size, args.device, MAJORITY)
     print(json.dumps(pick_per_fold(doc, args.out), indent=2))

@@ -1,13 +1,20 @@
 """Labelled patch sets: read a manifest (or a class-folder tree) and load every patch into memory.
 
-Three layouts are built in (`--format`):
+Four layouts are built in (`--format`):
 - ``amibr``: the AMi-Br ``manifest.csv`` (``file``, ``label`` = atypical|normal, ``domain``, ``split``,
-  ``votes_atypical``).
-- ``midog25``: the MIDOG 2025 atypical training CSV (``image_id``, ``majority`` = AMF|NMF, domain from
-  ``Tumor``); ``.png`` is appended to an ``image_id`` without an extension.
+  ``votes_atypical``, ``slide``, ``x``, ``y``).
+- ``midog25``: the published MIDOG 2025 atypical training CSV (``image_id``, ``majority`` = AMF|NMF, slide
+  ``filename``, position ``coordinateX/Y``, votes: the share of the experts present, ``expert1..3``, who say
+  AMF); the domain from ``Tumor`` (or ``Scanner``, ``Species``: ``--domain-column``); ``.png`` is appended to an
+  ``image_id`` without an extension. The slide, position and expert columns are read where the CSV has them.
+- ``csv``: any other CSV, its columns named by ``--columns`` (:func:`csv_format`).
 - ``folders``: ``ROOT/<class>/*.png`` (one domain) or ``ROOT/<domain>/<class>/*.png``, class folders named
   atypical|normal (or AMF|NMF).
-Any other CSV works through :class:`ManifestFormat` with your own column names.
+Patches of another size are centre-cropped or edge-padded to 128 x 128 by the runtime's rule
+(``runtime.stack.fit_size``), never resized; each PatchSet counts them (``resized``).
+
+Several datasets load as one PatchSet (:func:`load_datasets`, the ``amf`` data options repeated): each row keeps
+its dataset's name (``datasets``), and with two or more its domain becomes ``dataset:domain``.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from __future__ import annotations
 import csv
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +30,7 @@ from PIL import Image
 
 from runtime.contract import PATCH_SIZE
 from runtime.errors import InputError
+from runtime.stack import fit_size
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
@@ -44,12 +52,59 @@ class ManifestFormat:
     positive: tuple[str, ...] = ("atypical", "AMF")
     negative: tuple[str, ...] = ("normal", "NMF")
     default_suffix: str = ""  # appended to a path value that has no extension
+    votes_scale: float = 1.0  # votes_column / votes_scale = the fraction of experts voting atypical
+    x_column: str | None = None  # the figure's position on its slide
+    y_column: str | None = None
+    expert_columns: tuple[str, ...] = ()  # one label per expert (empty: that expert did not vote)
 
 
 FORMATS: dict[str, ManifestFormat] = {
-    "amibr": ManifestFormat("file", "label", "domain", "split", "votes_atypical", "slide"),
-    "midog25": ManifestFormat("image_id", "majority", "Tumor", default_suffix=".png"),
+    "amibr": ManifestFormat("file", "label", "domain", "split", "votes_atypical", "slide", votes_scale=3.0,
+                            x_column="x", y_column="y"),
+    "midog25": ManifestFormat("image_id", "majority", "Tumor", slide_column="filename", default_suffix=".png",
+                              x_column="coordinateX", y_column="coordinateY",
+                              expert_columns=("expert1", "expert2", "expert3")),
 }
+CSV_FORMAT = "csv"  # --format csv: the columns named by --columns
+CSV_KEYS = {"path": "path_column", "label": "label_column", "domain": "domain_column", "split": "split_column",
+            "votes": "votes_column", "slide": "slide_column", "x": "x_column", "y": "y_column"}
+
+
+def csv_format(columns: str) -> ManifestFormat:
+    """``--columns path=image_id,label=majority,slide=filename,domain=Tumor,x=...,y=...,votes=...,split=...``:
+    ``path`` and ``label`` are needed; ``votes`` is a fraction in [0, 1]; ``.png`` is appended to a path without
+    an extension."""
+    named = {}
+    for item in filter(None, (part.strip() for part in columns.split(","))):
+        key, sep, column = item.partition("=")
+        if not sep or key.strip() not in CSV_KEYS or not column.strip():
+            raise ManifestError(f"--columns {item!r}: expected KEY=COLUMN, KEY one of {', '.join(CSV_KEYS)}")
+        named[CSV_KEYS[key.strip()]] = column.strip()
+    missing = [key for key in ("path", "label") if CSV_KEYS[key] not in named]
+    if missing:
+        raise ManifestError(f"--columns {columns!r}: name the {' and '.join(missing)} column(s), e.g. "
+                            "path=image_id,label=majority")
+    return ManifestFormat(**named, default_suffix=".png")
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One dataset of the ``amf`` data options: its manifest (or class-folder root), format, root, name,
+    ``--domain-column`` and (format csv) ``--columns``."""
+
+    manifest: Path
+    format: str = "amibr"
+    root: Path | None = None
+    name: str = "amibr"
+    domain_column: str | None = None
+    columns: str | None = None
+
+    def manifest_format(self) -> str | ManifestFormat:
+        """The format ``load_patches`` takes: a name, or a ManifestFormat for csv or a chosen domain column."""
+        if self.format == "folders":
+            return self.format
+        fmt = csv_format(self.columns or "") if self.format == CSV_FORMAT else FORMATS[self.format]
+        return replace(fmt, domain_column=self.domain_column) if self.domain_column else fmt
 
 
 @dataclass
@@ -63,23 +118,19 @@ class PatchSet:
     splits: np.ndarray | None = None
     votes: np.ndarray | None = None  # fraction of experts voting atypical, when known
     slides: np.ndarray | None = None  # source slide (``domain/slide``), for slide-grouped cross-validation
+    datasets: np.ndarray | None = None  # each row's dataset name (load_datasets)
+    slide_files: np.ndarray | None = None  # the slide's file name as the manifest gives it ("" unknown)
+    positions: np.ndarray | None = None  # float [N, 2]: x, y on that slide (NaN unknown)
+    resized: np.ndarray | None = None  # bool: cropped or padded to the patch size
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, index: np.ndarray) -> PatchSet:
-        index = np.asarray(index)
-        pick = lambda a: None if a is None else a[index]  # noqa: E731
-        return replace(
-            self,
-            images=self.images[index],
-            labels=self.labels[index],
-            domains=self.domains[index],
-            paths=[self.paths[i] for i in index],
-            splits=pick(self.splits),
-            votes=pick(self.votes),
-            slides=pick(self.slides),
-        )
+        index = np.asarray(index, int)
+        picked = {f.name: getattr(self, f.name) for f in fields(self)}
+        return replace(self, **{name: None if a is None else [a[i] for i in index] if name == "paths" else a[index]
+                                for name, a in picked.items()})
 
     def where(self, *, split: str | None = None, domains: list[str] | None = None) -> PatchSet:
         keep = np.ones(len(self), bool)
@@ -101,6 +152,7 @@ class _Row:
     split: str | None
     votes: float | None
     slide: str | None = None
+    position: tuple[float, float] | None = None
 
 
 def load_patches(source: str | Path, format: str | ManifestFormat = "amibr", root: str | Path | None = None,
@@ -108,7 +160,8 @@ def load_patches(source: str | Path, format: str | ManifestFormat = "amibr", roo
     """Load a labelled patch set. ``source`` is a CSV manifest or, with ``format='folders'``, a folder.
 
     Paths in a manifest are relative to ``root`` (default: the manifest's folder). Every bad row (missing
-    file, unknown label, unreadable image, wrong size) is collected and reported in one ManifestError.
+    file, unknown label, unreadable image) is collected and reported in one ManifestError. An image of another
+    size is centre-cropped or edge-padded to ``patch_size`` (``runtime.stack.fit_size``) and marked ``resized``.
     """
     source = Path(source)
     if format == "folders":
@@ -117,6 +170,7 @@ def load_patches(source: str | Path, format: str | ManifestFormat = "amibr", roo
         fmt = FORMATS[format] if isinstance(format, str) else format
         rows, problems = _read_manifest(source, fmt, Path(root) if root else source.parent)
     images = np.zeros((len(rows), patch_size, patch_size, 3), np.uint8)
+    resized = np.zeros(len(rows), bool)
 
     def load(i: int) -> str | None:
         try:
@@ -124,10 +178,8 @@ def load_patches(source: str | Path, format: str | ManifestFormat = "amibr", roo
                 rgb = np.asarray(im.convert("RGB"))
         except Exception as exc:  # any decoder failure is a bad row
             return f"line {rows[i].line}: {rows[i].path}: unreadable image ({exc})"
-        if rgb.shape[:2] != (patch_size, patch_size):
-            return (f"line {rows[i].line}: {rows[i].path}: image is {rgb.shape[1]}x{rgb.shape[0]}, "
-                    f"expected {patch_size}x{patch_size}")
-        images[i] = rgb
+        resized[i] = rgb.shape[:2] != (patch_size, patch_size)
+        images[i] = fit_size(rgb[None], patch_size)[0] if resized[i] else rgb
         return None
 
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -141,6 +193,7 @@ def load_patches(source: str | Path, format: str | ManifestFormat = "amibr", roo
     has_split = any(r.split is not None for r in rows)
     has_votes = any(r.votes is not None for r in rows)
     has_slides = any(r.slide is not None for r in rows)
+    has_positions = any(r.position is not None for r in rows)
     return PatchSet(
         images=images,
         labels=np.array([r.label for r in rows], np.int64),
@@ -149,6 +202,9 @@ def load_patches(source: str | Path, format: str | ManifestFormat = "amibr", roo
         splits=np.array([r.split or "" for r in rows]) if has_split else None,
         votes=np.array([np.nan if r.votes is None else r.votes for r in rows], np.float32) if has_votes else None,
         slides=np.array([f"{r.domain}/{r.slide or r.path.name}" for r in rows]) if has_slides else None,
+        slide_files=np.array([r.slide or "" for r in rows]) if has_slides else None,
+        positions=np.array([r.position or (np.nan, np.nan) for r in rows], float) if has_positions else None,
+        resized=resized,
     )
 
 
@@ -188,6 +244,75 @@ def check_split(source: str | Path, format: str | ManifestFormat = "amibr", root
         raise ManifestError(f"--split {split!r}: no row of {source} is in that split; its splits: {there}")
 
 
+def has_split_column(source: DataSource) -> bool:
+    fmt = source.manifest_format()
+    return fmt != "folders" and fmt.split_column is not None
+
+
+def check_datasets(sources: list[DataSource], split: str | None = None) -> None:
+    """:func:`check_split` for each dataset (CSV only, no images, no torch). With several, ``--split`` applies to
+    those with a split column (it must select rows in each of them) and the others contribute every row."""
+    if len(sources) == 1:
+        one = sources[0]
+        check_split(one.manifest, one.manifest_format(), one.root, split)
+        return
+    if split and not any(map(has_split_column, sources)):
+        raise ManifestError(f"--split {split!r}: none of the {len(sources)} datasets has a split column "
+                            "(leave --split out)")
+    for one in sources:
+        check_split(one.manifest, one.manifest_format(), one.root, split if has_split_column(one) else None)
+
+
+def load_sources(sources: list[DataSource]) -> list[PatchSet]:
+    """Every row of each dataset, named (``datasets``); with two or more datasets, domains and slides become
+    ``dataset:domain`` and ``dataset:domain/slide``. Prints how many patches of a dataset were cropped or padded."""
+    parts = []
+    for one in sources:
+        data = load_patches(one.manifest, one.manifest_format(), one.root)
+        data.datasets = np.full(len(data), one.name)
+        if len(sources) > 1:
+            data.domains = np.char.add(f"{one.name}:", data.domains.astype(str))
+            data.slides = None if data.slides is None else np.char.add(f"{one.name}:", data.slides.astype(str))
+        if data.resized.any():
+            print(f"{one.name}: {int(data.resized.sum())} of {len(data)} patches cropped or padded to "
+                  f"{PATCH_SIZE}x{PATCH_SIZE} (runtime rule: centre crop, edge pad)")
+        parts.append(data)
+    return parts
+
+
+def in_split(data: PatchSet, split: str | None) -> np.ndarray:
+    """Rows that ``--split`` selects: all of a dataset without a split column (or without ``split``)."""
+    return np.ones(len(data), bool) if not split or data.splits is None else data.splits == split
+
+
+def concat(parts: list[PatchSet]) -> PatchSet:
+    """One PatchSet of several; a field some parts lack is filled (no split, votes unknown, each patch its own
+    slide, no slide file, no position)."""
+    if len(parts) == 1:
+        return parts[0]
+    fill = {"splits": lambda p: np.full(len(p), ""), "votes": lambda p: np.full(len(p), np.nan, np.float32),
+            "slides": lambda p: np.array([f"{d}/{Path(f).name}" for d, f in zip(p.domains, p.paths)]),
+            "slide_files": lambda p: np.full(len(p), ""), "positions": lambda p: np.full((len(p), 2), np.nan),
+            "datasets": lambda p: np.full(len(p), ""), "resized": lambda p: np.zeros(len(p), bool)}
+    joined = {}
+    for f in fields(PatchSet):
+        values = [getattr(p, f.name) for p in parts]
+        if f.name == "paths":
+            joined[f.name] = [path for v in values for path in v]
+        elif all(v is None for v in values):
+            joined[f.name] = None
+        else:
+            joined[f.name] = np.concatenate([fill[f.name](p) if v is None else v for p, v in zip(parts, values)])
+    return PatchSet(**joined)
+
+
+def load_datasets(sources: list[DataSource], split: str | None = None) -> PatchSet:
+    """The ``amf`` data options' rows as one PatchSet: checked (:func:`check_datasets`), loaded, the rows of
+    ``split`` kept where a dataset has a split column. One dataset: as :func:`load_split`."""
+    check_datasets(sources, split)
+    return concat([p.subset(np.flatnonzero(in_split(p, split))) for p in load_sources(sources)])
+
+
 def _manifest_file(path: Path) -> None:
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
@@ -214,14 +339,29 @@ def _read_manifest(path: Path, fmt: ManifestFormat, root: Path) -> tuple[list[_R
             if not value or not file.is_file():
                 problems.append(f"line {line}: {file}: file not found")
                 continue
-            votes = None
-            if fmt.votes_column and rec.get(fmt.votes_column, "") not in ("", None):
-                votes = float(rec[fmt.votes_column]) / 3.0
+            try:
+                votes, position = _votes(rec, fmt), _position(rec, fmt)
+            except ValueError as exc:
+                problems.append(f"line {line}: {exc}")
+                continue
             slide = (rec.get(fmt.slide_column) or "").strip() or None if fmt.slide_column else None
             rows.append(_Row(line, file, y,
                              rec[fmt.domain_column].strip() if fmt.domain_column else "all",
-                             rec[fmt.split_column].strip() if fmt.split_column else None, votes, slide))
+                             rec[fmt.split_column].strip() if fmt.split_column else None, votes, slide, position))
     return rows, problems
+
+
+def _votes(rec: dict, fmt: ManifestFormat) -> float | None:
+    """The fraction of experts voting atypical: the votes column, else the experts present (None: unknown)."""
+    if fmt.votes_column and (rec.get(fmt.votes_column) or "").strip():
+        return float(rec[fmt.votes_column]) / fmt.votes_scale
+    present = [v.strip() for v in (rec.get(c) or "" for c in fmt.expert_columns) if v.strip()]
+    return sum(v in fmt.positive for v in present) / len(present) if present else None
+
+
+def _position(rec: dict, fmt: ManifestFormat) -> tuple[float, float] | None:
+    x, y = ((rec.get(c) or "").strip() if c else "" for c in (fmt.x_column, fmt.y_column))
+    return (float(x), float(y)) if x and y else None
 
 
 def _scan_folders(root: Path) -> tuple[list[_Row], list[str]]:

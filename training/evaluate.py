@@ -30,7 +30,7 @@ from runtime import tta as test_time
 from runtime.contract import MAJORITY, TTA_VIEWS, is_exported
 from runtime.progress import progress_range
 from runtime.vote import vote
-from training.data import load_split
+from training.data import load_datasets
 from training.metrics import bootstrap_note, evaluate_models, markdown_table, vote_difference, write_report
 from training.report import write_html
 from training.run_files import find_fold_checkpoints
@@ -166,11 +166,11 @@ def run(args: argparse.Namespace) -> None:
 
     if args.device in ("cpu", "cuda"):  # the exported ensembles' device (runtime/device.py), as amf predict
         os.environ["AMF_DEVICE"] = args.device
-    data = load_split(args.manifest, args.format, args.root, args.split)
+    data = load_datasets(args.data, args.split)
     scored = score_sources(args.runs, data.images, args.tta, args.batch_size, args.device, args.vote)
     results = {name: r for one in scored for name, r in one.results(not args.no_vote).items()}
     table = evaluate_models(data.labels, data.domains, results, data.slides, args.bootstrap)
-    title = f"{' vs '.join(one.short for one in scored)} on {Path(args.manifest).name}"
+    title = f"{' vs '.join(one.short for one in scored)} on {' + '.join(Path(d.manifest).name for d in args.data)}"
     title += f" ({args.split})" if args.split else ""
     note = bootstrap_note(data.slides, args.bootstrap)
     comparison = {}

@@ -46,7 +46,7 @@ from runtime.contract import (
 from runtime.errors import ModelError
 from training.checkpoint import load_pruned, member_names
 from training.cpu_graph import write_cpu_graphs
-from training.data import PatchSet, load_split
+from training.data import PatchSet, load_datasets
 from training.network import to_input
 from training.quantize import (
     accuracy_guard,
@@ -192,7 +192,7 @@ def _git_commit() -> str | None:
 
 def run(args: argparse.Namespace) -> None:
     """``amf export`` (arguments and their defaults: cli/main.py)."""
-    data = load_split(args.manifest, args.format, args.root, args.split)
+    data = load_datasets(args.data, args.split)
     doc = export_ensemble(args.runs, args.out, data, tta=args.tta, vote=args.vote, mode=args.quantize,
                           method=args.calibration,
                           patches=args.calibration_patches, enforce_guard=not args.no_guard)

@@ -27,7 +27,7 @@ from skimage.filters import gaussian, threshold_otsu
 from skimage.morphology import disk, opening, remove_small_holes, remove_small_objects
 
 from runtime.errors import InputError
-from training.data import PatchSet, load_split
+from training.data import PatchSet, load_datasets
 
 GENERATOR_VERSION = "hed-otsu-centre-v2"
 TOUCH_RADIUS = 10  # px: components reaching this close to the centre belong to the figure
@@ -124,10 +124,8 @@ def domain_class_groups(data: PatchSet) -> list[np.ndarray]:
             for y in (1, 0)]
 
 
-def sample_grid(manifest: str | Path, out: str | Path, per_class: int = 5, split: str | None = "train",
-                seed: int = 0, format: str = "amibr", root: str | Path | None = None) -> None:
+def sample_grid(data: PatchSet, out: str | Path, per_class: int = 5, seed: int = 0) -> None:
     """Per domain, ``per_class`` random atypical then normal patches with their generated masks, as a PNG grid."""
-    data = load_split(manifest, format, root, split)
     rng = np.random.default_rng(seed)
     groups = domain_class_groups(data)
     if min(map(len, groups)) < per_class:
@@ -140,5 +138,5 @@ def sample_grid(manifest: str | Path, out: str | Path, per_class: int = 5, split
 
 def run(args: argparse.Namespace) -> None:
     """``amf masks`` (arguments: cli/main.py)."""
-    sample_grid(args.manifest, args.out, args.per_class, args.split, args.seed, args.format, args.root)
+    sample_grid(load_datasets(args.data, args.split), args.out, args.per_class, args.seed)
     print(f"wrote {args.out}")

@@ -39,7 +39,7 @@ from runtime.errors import InputError
 from training import curves
 from training.augment import augment, mixup
 from training.checkpoint import init_weights, load_weights_only, save_checkpoint
-from training.data import ManifestError, PatchSet, load_split
+from training.data import ManifestError, PatchSet, load_datasets
 from training.folds import Fold, make_folds, select_folds
 from training.heads import DomainHead, ProjectionHead, dann_schedule
 from training.losses import (
@@ -420,7 +420,7 @@ ACCELERATORS = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}  # amf's --device -
 def run(args: argparse.Namespace, recipe: Recipe) -> int:
     """``amf train`` (cli/main.py parses the arguments and builds ``recipe`` with :func:`build_recipe`); the exit
     status: 0, or 1 when a fold trained side by side (``--jobs``) failed."""
-    data = load_split(args.manifest, args.format, args.root, args.split)
+    data = load_datasets(args.data, args.split)
     domains = ", ".join(sorted(set(map(str, data.domains))))
     print(f"{len(data)} patches, {int(data.labels.sum())} atypical, domains {domains}; "
           f"{torch.get_num_threads()} CPU threads")
