@@ -306,11 +306,18 @@ def concat(parts: list[PatchSet]) -> PatchSet:
     return PatchSet(**joined)
 
 
+def select(parts: list[PatchSet], split: str | None) -> tuple[PatchSet, np.ndarray]:
+    """The rows of :func:`load_sources`'s parts that ``split`` keeps, as one PatchSet, and which rows of
+    ``concat(parts)`` they are (bool)."""
+    chosen = [in_split(p, split) for p in parts]
+    return concat([p.subset(np.flatnonzero(keep)) for p, keep in zip(parts, chosen)]), np.concatenate(chosen)
+
+
 def load_datasets(sources: list[DataSource], split: str | None = None) -> PatchSet:
     """The ``amf`` data options' rows as one PatchSet: checked (:func:`check_datasets`), loaded, the rows of
     ``split`` kept where a dataset has a split column. One dataset: as :func:`load_split`."""
     check_datasets(sources, split)
-    return concat([p.subset(np.flatnonzero(in_split(p, split))) for p in load_sources(sources)])
+    return select(load_sources(sources), split)[0]
 
 
 def _manifest_file(path: Path) -> None:

@@ -11,6 +11,9 @@ majority; the members of a fold are the checkpoints in folders of its name). The
 form one ensemble; each exported ensemble is one more. With two or more, they are named A,
 B, ... and each vote after A is compared with A's: the paired bootstrap interval of the BA difference.
 
+When a run folder recorded the rows it trained on (training/guard.py) and evaluation rows are among them or show
+their figures, the report says so (``warning`` in report.json, a line in report.md and report.html).
+
 Writes report.json, report.md (balanced accuracy, sensitivity, specificity, AUROC; overall and per domain;
 each fold model and the vote), roc.png, confusion.png and report.html (training/report.py: all of it in one
 page, with the most confident errors per domain).
@@ -31,6 +34,7 @@ from runtime.contract import MAJORITY, TTA_VIEWS, is_exported
 from runtime.progress import progress_range
 from runtime.vote import vote
 from training.data import load_datasets
+from training.guard import evaluation_warning
 from training.metrics import bootstrap_note, evaluate_models, markdown_table, vote_difference, write_report
 from training.report import write_html
 from training.run_files import find_fold_checkpoints
@@ -167,6 +171,9 @@ def run(args: argparse.Namespace) -> None:
     if args.device in ("cpu", "cuda"):  # the exported ensembles' device (runtime/device.py), as amf predict
         os.environ["AMF_DEVICE"] = args.device
     data = load_datasets(args.data, args.split)
+    warning = evaluation_warning([s for s in args.runs if not is_exported(s)], data)
+    if warning:
+        print(warning)
     scored = score_sources(args.runs, data.images, args.tta, args.batch_size, args.device, args.vote)
     results = {name: r for one in scored for name, r in one.results(not args.no_vote).items()}
     table = evaluate_models(data.labels, data.domains, results, data.slides, args.bootstrap)
@@ -182,10 +189,10 @@ def run(args: argparse.Namespace) -> None:
     sources = [{"key": s.key, "source": s.source, "kind": s.kind, "folds": s.folds,
                 "thresholds": [float(t) for t in s.thresholds], "tta": s.tta, "vote": s.vote, **s.extra}
                for s in scored]
-    write_report(table, data.labels, results, args.out, title, note, sources, comparison)
+    write_report(table, data.labels, results, args.out, title, note, sources, comparison, warning)
     galleries = [] if args.no_vote else scored
     write_html(Path(args.out) / "report.html", title, note, table, sources, comparison, data, galleries,
-               args.gallery)
+               args.gallery, warning)
     print(markdown_table(table), note, sep="\n")
     if comparison:
         print("", "paired difference of the votes' balanced accuracy (95 % bootstrap interval):",

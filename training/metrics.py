@@ -128,10 +128,12 @@ def bootstrap_note(groups: np.ndarray | None, n: int) -> str:
 
 
 def write_report(table: dict, labels: np.ndarray, results: dict[str, tuple[np.ndarray, np.ndarray]], out: str | Path,
-                 title: str, note: str = "", sources: list[dict] | None = None, comparison: dict | None = None) -> None:
+                 title: str, note: str = "", sources: list[dict] | None = None, comparison: dict | None = None,
+                 warning: str | None = None) -> None:
     """report.json, report.md (BA, sensitivity, specificity, AUROC tables; ``comparison``: the paired
     differences of :func:`vote_difference`, label -> result), roc.png, confusion.png. ``sources``: what was
-    scored (free-form dicts, kept in report.json; listed in report.md by key, source and kind)."""
+    scored (free-form dicts, kept in report.json; listed in report.md by key, source and kind). ``warning``: a
+    line about the evaluation rows (training/guard.py), in both files when given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,9 +141,10 @@ def write_report(table: dict, labels: np.ndarray, results: dict[str, tuple[np.nd
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    doc = {"title": title, "note": note, "sources": sources or [], "models": table, "comparison": comparison or {}}
+    doc = {"title": title, "note": note, "sources": sources or [], "models": table, "comparison": comparison or {},
+           **({"warning": warning} if warning else {})}
     (out / "report.json").write_text(json.dumps(doc, indent=2) + "\n")
-    md = [f"# {title}", ""]
+    md = [f"# {title}", ""] + ([f"**{warning}**", ""] if warning else [])
     md += [f"- {s['key'] + ': ' if s.get('key') else ''}`{s['source']}`: {s['kind']}, TTA {s['tta']}"
            for s in sources or []] + ([""] if sources else [])
     md += [note, ""] if note else []

@@ -143,7 +143,7 @@ def _gallery(data, one, k: int) -> str:
 
 
 def render(title: str, note: str, table: dict, sources: list[dict], comparison: dict, data, galleries: list,
-           k: int, plots: dict[tuple[str, str], bytes]) -> str:
+           k: int, plots: dict[tuple[str, str], bytes], warning: str | None = None) -> str:
     """The page as a string. ``data``: the PatchSet scored (images, labels, domains, paths, votes);
     ``galleries``: the ensembles (training.evaluate.Scored) whose vote errors are shown; ``plots``: (CSS class,
     caption) -> PNG bytes."""
@@ -156,7 +156,8 @@ def render(title: str, note: str, table: dict, sources: list[dict], comparison: 
                   f"{escape(s['kind'])}, {len(s['folds'])} fold models, TTA {escape(s['tta'])}, "
                   f"vote {escape(s['vote'])}"
                   + (f", {escape(s['provider'])}" if s.get("provider") else "") + "</li>" for s in sources)
-    body = [f"<h1>{escape(title)}</h1>", f'<ul class="sources">{src}</ul>',
+    body = [f"<h1>{escape(title)}</h1>", *([f'<p class="bad">{escape(warning)}</p>'] if warning else []),
+            f'<ul class="sources">{src}</ul>',
             "<h2>Balanced accuracy per domain</h2>",
             f'<p class="muted small">{escape(note.replace("In brackets: ", "In small type: "))} Atypical is the '
             "positive class; each fold model at its own threshold; the vote: each source's rule "
@@ -180,11 +181,13 @@ def render(title: str, note: str, table: dict, sources: list[dict], comparison: 
 
 
 def write_html(path: str | Path, title: str, note: str, table: dict, sources: list[dict], comparison: dict, data,
-               galleries: list, k: int = 6) -> Path:
-    """Write report.html; embeds roc.png and confusion.png from its folder (metrics.write_report's)."""
+               galleries: list, k: int = 6, warning: str | None = None) -> Path:
+    """Write report.html; embeds roc.png and confusion.png from its folder (metrics.write_report's); ``warning``:
+    a line about the evaluation rows, shown under the title."""
     path = Path(path)
     plots = {(css, caption): (path.parent / file).read_bytes() for css, caption, file in
              (("roc", "ROC curves", "roc.png"), ("cm", "confusion matrices", "confusion.png"))
              if (path.parent / file).is_file()}
-    path.write_text(render(title, note, table, sources, comparison, data, galleries, k, plots), encoding="utf-8")
+    path.write_text(render(title, note, table, sources, comparison, data, galleries, k, plots, warning),
+                    encoding="utf-8")
     return path

@@ -10,6 +10,8 @@ CONFIG_FILE = "config.json"  # beside it: network config, recipe, fold, selectio
 METRICS_FILE = "metrics.csv"  # Lightning's per-epoch log (train.py)
 EARLIER_METRICS = "metrics.earlier.csv"  # metrics.csv of the parts before a --resume, until the fold finishes
 CURVES_FILE = "curves.png"  # in the run folder: amf train redraws it as each fold finishes (curves.py)
+TRAINING_ROWS = "training-rows.csv"  # in the run folder: the rows it trained on (guard.py)
+TRAINING_PRINTS = "training-fingerprints.npy"  # beside it: their pixel fingerprints (overlap.py)
 RUN_SOURCE = f"a run folder of amf train, or one of its fold folders (with {WEIGHTS_FILE})"  # for error messages
 
 

@@ -39,8 +39,9 @@ from runtime.errors import InputError
 from training import curves
 from training.augment import augment, mixup
 from training.checkpoint import init_weights, load_weights_only, save_checkpoint
-from training.data import ManifestError, PatchSet, load_datasets
+from training.data import DataSource, ManifestError, PatchSet, concat, load_sources, select
 from training.folds import Fold, make_folds, select_folds
+from training.guard import Guarded, guard, record_training_rows
 from training.heads import DomainHead, ProjectionHead, dann_schedule
 from training.losses import (
     AdaptiveFocalLoss,
@@ -277,6 +278,7 @@ class RunOptions:
     max_steps: int = -1
     limit_val_batches: float | int = 1.0
     mask_source: str = GENERATOR_VERSION
+    allow_overlap: bool = False  # --allow-overlap: recorded in config.json
 
 
 def cpu_has_native_bf16() -> bool:
@@ -300,13 +302,16 @@ def checkpoints(folder: Path, monitor: str, mode: str) -> tuple[ModelCheckpoint,
 
 
 def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray | None, recipe: Recipe, out: Path,
-               options: RunOptions = RunOptions()) -> Path:
-    """Train one fold; returns its folder (with model.safetensors + config.json)."""
+               options: RunOptions = RunOptions(), exclude: np.ndarray | None = None) -> Path:
+    """Train one fold; returns its folder (with model.safetensors + config.json). ``exclude``: rows kept out of
+    its training part (``--drop-overlap``: they show figures of its held-out part)."""
     resume, accelerator, devices, precision, init = (options.resume, options.accelerator, options.devices,
                                                      options.precision, options.init)
     max_steps, limit_val_batches, mask_source = options.max_steps, options.limit_val_batches, options.mask_source
     folder = out / fold.name
     train_idx, val_idx, _ = fold.indices(data.domains, data.slides)
+    if exclude is not None:
+        train_idx = np.setdiff1d(train_idx, exclude)
     if not len(train_idx) or not len(val_idx):  # selection needs a validation part
         raise ManifestError(f"fold {fold.name}: {len(train_idx)} training and {len(val_idx)} validation patches in "
                             f"the data (domains: {', '.join(sorted(set(data.domains)))})")
@@ -363,6 +368,8 @@ def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray | None, recipe: Rec
         "selected_score": float(best.best_model_score) if best.best_model_score is not None else selected,
         "data": {"train": int(len(train)), "val": int(len(val)),
                  "train_atypical": int(train.labels.sum()), "val_atypical": int(val.labels.sum())},
+        **({"allow_overlap": True} if options.allow_overlap else {}),
+        **({"overlap_dropped": int(len(exclude))} if exclude is not None else {}),
     }
     save_checkpoint(folder, net.float(), meta)
     print(f"[{fold.name}] selected epoch {meta['selected_epoch']}, {chosen} weights "
@@ -420,7 +427,8 @@ ACCELERATORS = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}  # amf's --device -
 def run(args: argparse.Namespace, recipe: Recipe) -> int:
     """``amf train`` (cli/main.py parses the arguments and builds ``recipe`` with :func:`build_recipe`); the exit
     status: 0, or 1 when a fold trained side by side (``--jobs``) failed."""
-    data = load_datasets(args.data, args.split)
+    parts = load_sources(args.data)
+    data, chosen = select(parts, args.split)
     domains = ", ".join(sorted(set(map(str, data.domains))))
     print(f"{len(data)} patches, {int(data.labels.sum())} atypical, domains {domains}; "
           f"{torch.get_num_threads()} CPU threads")
@@ -432,19 +440,35 @@ def run(args: argparse.Namespace, recipe: Recipe) -> int:
         for fold in (f for f in folds if (args.out / f.name / WEIGHTS_FILE).is_file()):
             print(f"[{fold.name}] finished earlier, skipped")
         folds = [f for f in folds if not (args.out / f.name / WEIGHTS_FILE).is_file()]
+    guarded = Guarded(data)
+    if len(parts) > 1:  # figures two datasets share: refused unless dropped or allowed
+        guarded = guard(concat(parts), chosen, folds, drop=args.drop_overlap, allow=args.allow_overlap)
+        data = guarded.data
     masks = None
     if has_decoders(recipe.network) and folds:
-        masks = load_masks(args.masks, data.paths, args.root or Path(args.manifest).parent) if args.masks \
-            else generate_masks(data.images, args.cache)
+        masks = external_masks(args.masks, data, args.data) if args.masks else generate_masks(data.images, args.cache)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
+    record_training_rows(args.out, data)
     options = RunOptions(
         accelerator=ACCELERATORS[args.device], devices=args.devices, precision=args.precision, resume=args.resume,
         init=args.init, max_steps=args.max_steps,
         limit_val_batches=int(args.limit_val_batches) if args.limit_val_batches > 1 else args.limit_val_batches,
-        mask_source=f"external:{args.masks}" if args.masks else GENERATOR_VERSION)
+        mask_source=f"external:{args.masks}" if args.masks else GENERATOR_VERSION, allow_overlap=args.allow_overlap)
     if args.jobs > 1 and len(folds) > 1:  # the masks are in the cache now: the children read them from there
         return train_side_by_side(args.argv, args.out, [f.name for f in folds], args.jobs)
     for fold in folds:
-        train_fold(fold, data, masks, recipe, args.out, options)
+        train_fold(fold, data, masks, recipe, args.out, options, guarded.exclude.get(fold.name))
     return 0
+
+
+def external_masks(folder: Path, data: PatchSet, sources: list[DataSource]) -> np.ndarray:
+    """``--masks DIR``: one PNG per patch under DIR (several datasets: under DIR/<dataset name>/), at the patch's
+    path relative to its dataset's root."""
+    masks = np.zeros(data.images.shape[:3], bool)
+    for source in sources:
+        rows = np.flatnonzero(data.datasets == source.name)
+        if len(rows):
+            masks[rows] = load_masks(folder if len(sources) == 1 else folder / source.name,
+                                     [data.paths[i] for i in rows], source.root or Path(source.manifest).parent)
+    return masks
