@@ -2,11 +2,11 @@
 
     amf data --manifest amibr.csv --format amibr --split train --manifest midog25.csv --format midog25 --out DIR
 
-The table counts the rows ``--split`` keeps: rows, atypical, slides (named ones; "-": none), votes known, patches cropped or padded to
-128 x 128. The duplicates are looked for among every row of every dataset (a figure the split holds out
-included), as ``amf train``'s guard does (training/overlap.py). ``--out DIR`` writes ``DIR/data.json``:
-``datasets`` (the table) and ``duplicates`` (each: both rows as {dataset, path, split} and ``match``,
-slide-position | pixels).
+The table counts the rows ``--split`` keeps: rows, atypical, slides (named ones; "-": none), votes known,
+patches cropped or padded to 128 x 128. The duplicates are looked for among every row of every dataset (a
+figure the split holds out included), as ``amf train``'s guard does (training/overlap.py). ``--out DIR``
+writes ``DIR/data.json``: ``datasets`` (the table) and ``duplicates`` (each: both rows as {dataset, path,
+split} and ``match``, slide-position | pixels).
 """
 
 from __future__ import annotations
