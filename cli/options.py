@@ -92,7 +92,7 @@ def resolve_data(args: argparse.Namespace) -> None:
         if len(values) == count or (once and len(values) == 1):
             return values * (count // len(values))
         allowed = f"once or {count} times" if once else f"{count} times"
-        raise InputError(f"--{option} given {len(values)} times for {n} --manifest: give it {allowed} "
+        raise InputError(f"--{option} given {len(values)} time(s) for {n} --manifest: give it {allowed} "
                          f"(paired in order)")
 
     formats = [f or "amibr" for f in paired("format", args.format)]

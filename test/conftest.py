@@ -19,6 +19,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SOCKET = "stacked-histopathology-roi-cropouts"
 AMIBR_FIXTURE = HERE / "fixtures" / "amibr"  # 16 AMi-Br patches and their manifest
+MULTI_FIXTURE = HERE / "fixtures" / "multi"  # three datasets sharing planted figures (make_multi_fixture.py)
+OTHER_COLUMNS = "path=image,label=class,domain=tumor"  # --columns of MULTI_FIXTURE/other/other.csv
 GC_SAMPLE = ROOT.parent / "shared" / "data" / "gc-sample" / "stack_5.tiff"  # optional, beside the repo
 GC_SAMPLE_2PAGES = HERE / "fixtures" / "gc_sample_2pages.tiff"  # committed: test/fixtures/make_gc_sample_fixture.py
 

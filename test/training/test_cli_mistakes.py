@@ -3,7 +3,8 @@ non-zero exit (2 a bad argument or input, 3 an output that cannot be written, 4 
 traceback and never in exit 0, and before any training or export work starts.
 
 To add a case: one row in CASES, ``(command line, exit code, words the line must hold)``. In a command line, M is
-the 16-patch AMi-Br fixture's manifest, W an exported ensemble (the tiny test model), RUN a run folder with one
+the 16-patch AMi-Br fixture's manifest, MA and MM test/fixtures/multi's AMi-Br (train and test rows) and
+MIDOG 2025 manifests (figures planted in both), W an exported ensemble (the tiny test model), RUN a run folder with one
 finished fold, EMPTY an empty folder, FILE a plain file, CORRUPT a run whose checkpoint is garbage, BADSPEC a folder
 whose ensemble.json is garbage, and OUT a fresh path under the test's folder.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import lightning
 import pytest
-from conftest import AMIBR_FIXTURE, make_tiny_ensemble
+from conftest import AMIBR_FIXTURE, MULTI_FIXTURE, make_tiny_ensemble
 
 from cli import main as cli
 from runtime.errors import EXIT_INPUT, EXIT_MODEL, EXIT_OUTPUT
@@ -90,6 +91,22 @@ CASES = [
     ("curves /missing-run", EXIT_INPUT, "/missing-run: no metrics.csv"),
     ("curves RUN --out FILE/c.png", EXIT_OUTPUT, "is a file, not a folder"),
     ("frobnicate", EXIT_INPUT, "invalid choice: 'frobnicate'"),
+    # several datasets: the data options repeated, and the overlap guard
+    ("data --manifest M --manifest M --format amibr --format amibr --format amibr", EXIT_INPUT,
+     "--format given 3 time(s) for 2 --manifest", "once or 2 times"),
+    ("train --manifest M --manifest M --name a --out OUT", EXIT_INPUT, "--name given 1 time(s) for 2 --manifest",
+     "give it 2 times"),
+    ("data --manifest M --format csv", EXIT_INPUT, "--format csv", "--columns path=...,label=..."),
+    ("data --manifest M --columns path=a,label=b", EXIT_INPUT, "--columns: names the columns of a --format csv"),
+    ("evaluate W --manifest M --format csv --columns nope --out OUT", EXIT_INPUT, "--columns 'nope': expected KEY"),
+    ("data --manifest M --split tset", EXIT_INPUT, "--split 'tset'"),
+    ("data --manifest M --out FILE", EXIT_OUTPUT, "a file is there, not a folder"),
+    ("data --manifest MM --format midog25 --domain-column Organ", EXIT_INPUT, "missing column(s) ['Organ']"),
+    ("train --manifest MM --manifest MM --format midog25 --split train --out OUT", EXIT_INPUT,
+     "none of the 2 datasets has a split column"),
+    ("train --manifest MA --manifest MM --format amibr --format midog25 --split train --out OUT", EXIT_INPUT,
+     "2 training row(s) show a figure that --split holds out of another dataset", "--drop-overlap", "--allow-overlap"),
+    ("train --manifest M --out OUT --drop-overlap --allow-overlap", EXIT_INPUT, "not allowed with argument"),
 ]
 
 
@@ -107,7 +124,9 @@ def places(tmp_path_factory) -> dict[str, Path]:
     (root / "badspec" / "ensemble.json").write_text("{not json")
     (root / "empty").mkdir()
     (root / "file").write_text("")
-    return {"M": AMIBR_FIXTURE / "manifest.csv", "W": make_tiny_ensemble(root / "weights"), "RUN": run.parent,
+    return {"M": AMIBR_FIXTURE / "manifest.csv", "MA": MULTI_FIXTURE / "amibr.csv",
+            "MM": MULTI_FIXTURE / "midog25" / "midog25.csv", "W": make_tiny_ensemble(root / "weights"),
+            "RUN": run.parent,
             "EMPTY": root / "empty", "FILE": root / "file", "CORRUPT": corrupt.parent, "BADSPEC": root / "badspec"}
 
 

@@ -43,7 +43,7 @@ def test_the_device_option_maps_to_lightnings_accelerator():
 
 
 def test_the_cli_choice_lists_match_the_training_side():
-    assert set(options.FORMATS) == {*data.FORMATS, "folders"}
+    assert set(options.FORMATS) == {*data.FORMATS, data.CSV_FORMAT, "folders"}
     assert set(options.PRESETS) == set(recipe.PRESETS)
     assert set(options.SELECTIONS) == set(recipe.SELECTIONS)
     assert set(options.QUANTIZE_MODES) == set(quantize.MODES)
