@@ -9,6 +9,10 @@ when the fold finishes, ``model.safetensors`` + ``config.json`` (see checkpoint.
 ``--set weight_averaging=ema`` the averaged weights are validated too (``val_avg/*``) and selection picks
 the better of raw and averaged each epoch (``select/score``, ``select/ema``; ``selected_weights`` in config.json).
 The run folder's ``curves.png`` (curves.py, ``amf curves``) is redrawn as each fold finishes.
+Several datasets (the data options repeated): before any training the overlap guard (guard.py) refuses a figure
+held out of one dataset, by ``--split`` or by a fold, that another brings into training (``--drop-overlap``,
+``--allow-overlap``); the run folder records the rows it trains on (``training-rows.csv``,
+``training-fingerprints.npy``) for ``amf evaluate``'s warning.
 ``--resume`` skips finished folds and continues an interrupted one from ``ckpt/last.ckpt``. ``--init RUN``
 starts each fold from the same fold's weights in an earlier run (continued training or fine-tuning).
 CPU runs use channels_last and bf16 autocast where the CPU has native bf16 (else fp32: :func:`default_precision`);
