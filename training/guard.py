@@ -14,6 +14,8 @@ through another dataset (training/overlap.py finds the figures two datasets shar
 from __future__ import annotations
 
 import csv
+import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,15 +93,21 @@ def guard(everything: PatchSet, chosen: np.ndarray, folds: list[Fold], *, drop: 
 
 def record_training_rows(folder: Path, data: PatchSet) -> None:
     """``folder/training-rows.csv`` (dataset, path, slide, x, y) and ``folder/training-fingerprints.npy``: the
-    rows a run trains on, for :func:`evaluation_warning`."""
+    rows a run trains on, for :func:`evaluation_warning`. Each file is written whole, then renamed: ``--jobs``
+    children write the same files at once."""
     positions = data.positions if data.positions is not None else np.full((len(data), 2), np.nan)
-    with (folder / TRAINING_ROWS).open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(ROW_FIELDS)
-        for i, path in enumerate(data.paths):
-            writer.writerow([_dataset(data, i), Path(path).resolve(), _slide(data, i),
-                             *("" if np.isnan(v) else f"{v:g}" for v in positions[i])])
-    np.save(folder / TRAINING_PRINTS, overlap.fingerprints(data.images))
+    rows = io.StringIO()
+    writer = csv.writer(rows)
+    writer.writerow(ROW_FIELDS)
+    for i, path in enumerate(data.paths):
+        writer.writerow([_dataset(data, i), Path(path).resolve(), _slide(data, i),
+                         *("" if np.isnan(v) else f"{v:g}" for v in positions[i])])
+    prints = io.BytesIO()
+    np.save(prints, overlap.fingerprints(data.images))
+    for name, content in ((TRAINING_ROWS, rows.getvalue().encode()), (TRAINING_PRINTS, prints.getvalue())):
+        partial = folder / f".{name}.{os.getpid()}"
+        partial.write_bytes(content)
+        partial.replace(folder / name)
 
 
 def _dataset(data: PatchSet, i: int) -> str:
