@@ -122,3 +122,24 @@ def test_evaluate_warns_when_evaluation_rows_show_figures_the_run_trained_on(run
                      "--bootstrap", "0"]) == 0
     assert json.loads((out / "report.json").read_text())["warning"] == warning
     assert warning in (out / "report.md").read_text()
+    both = tmp_path / "both"  # two datasets: their domains in the report
+    assert cli.main(["evaluate", str(run), "--manifest", str(AMIBR), "--manifest", str(MIDOG25), "--format", "amibr",
+                     "--format", "midog25", "--split", "test", "--out", str(both), "--bootstrap", "0"]) == 0
+    columns = set(next(iter(json.loads((both / "report.json").read_text())["models"].values())))
+    assert {"amibr:tupac16", "midog25:human breast cancer", "midog25:canine lymphoma"} <= columns
+
+
+def test_amf_data_prints_the_table_and_writes_every_duplicate(tmp_path, capsys):
+    assert cli.main(["data", *DATA_OPTIONS, "--split", "train", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "figures in two datasets: 5 pair(s) (3 slide-position, 2 pixels)" in out
+    assert "midog25: 3 of 8 patches cropped or padded" in out and "amibr    all" in out
+    doc = json.loads((tmp_path / "data.json").read_text())
+    found = {(short(d["a"]["path"]), short(d["b"]["path"]), d["match"]) for d in doc["duplicates"]}
+    assert found == {(a, b, overlap.SLIDE_POSITION) for a, b in SLIDE_POSITION} | \
+        {(a, b, overlap.PIXELS) for a, b in PIXELS}
+    assert {d["a"]["dataset"] for d in doc["duplicates"]} == {"amibr"}
+    table = {(r["dataset"], r["domain"]): r for r in doc["datasets"]}
+    assert table["midog25", "all"] == {"dataset": "midog25", "domain": "all", "rows": 8, "atypical": 3, "slides": 8,
+                                       "votes known": 8, "resized": 3}
+    assert table["other", "all"]["slides"] is None and table["amibr", "all"]["rows"] == 16
