@@ -100,10 +100,13 @@ class DataSource:
     columns: str | None = None
 
     def manifest_format(self) -> str | ManifestFormat:
-        """The format ``load_patches`` takes: a name, or a ManifestFormat for csv or a chosen domain column."""
-        if self.format == "folders":
+        """The format ``load_patches`` takes: its name, or a ManifestFormat (csv, or another domain column)."""
+        if self.format == CSV_FORMAT:
+            fmt = csv_format(self.columns or "")
+        elif self.format in FORMATS and self.domain_column:
+            fmt = FORMATS[self.format]
+        else:
             return self.format
-        fmt = csv_format(self.columns or "") if self.format == CSV_FORMAT else FORMATS[self.format]
         return replace(fmt, domain_column=self.domain_column) if self.domain_column else fmt
 
 
@@ -236,7 +239,8 @@ def check_split(source: str | Path, format: str | ManifestFormat = "amibr", root
     if not split:
         return
     if column is None:
-        raise ManifestError(f"--split {split!r}: a {format} manifest has no split column (leave --split out)")
+        kind = f"a {format}" if isinstance(format, str) else "this"
+        raise ManifestError(f"--split {split!r}: {kind} manifest has no split column (leave --split out)")
     with source.open(newline="") as f:
         splits = Counter((row.get(column) or "").strip() for row in csv.DictReader(f))
     if not splits[split]:
@@ -246,7 +250,7 @@ def check_split(source: str | Path, format: str | ManifestFormat = "amibr", root
 
 def has_split_column(source: DataSource) -> bool:
     fmt = source.manifest_format()
-    return fmt != "folders" and fmt.split_column is not None
+    return fmt != "folders" and (FORMATS[fmt] if isinstance(fmt, str) else fmt).split_column is not None
 
 
 def check_datasets(sources: list[DataSource], split: str | None = None) -> None:
