@@ -40,6 +40,7 @@ from cli.options import (
     positive_int,
 )
 from runtime.errors import AmfError, InputError, OutputError
+from runtime.version import __version__
 
 # top-level modules of the `train` extra (pyproject.toml); a command that misses one names the extra
 TRAIN_EXTRA = frozenset({"torch", "torchvision", "timm", "lightning", "safetensors", "skimage", "sklearn", "scipy",
@@ -360,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = "\n".join(f"  {name:<10} {summary}" for name, (_, _, summary, _) in COMMANDS.items())
     parser = Parser(prog="amf", description=USAGE.format(commands=commands),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"amf-mtl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 help="one of the commands above")
     for name, (arguments, implementation, summary, description) in COMMANDS.items():

@@ -10,12 +10,14 @@ import os
 import subprocess
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 from conftest import ROOT
 
 from cli.main import COMMANDS, main
+from runtime.version import __version__
 
 SHARED = {  # option -> the commands that must offer it
     "--manifest": {"train", "pick", "calibrate", "evaluate", "export", "masks", "augment"},
@@ -60,6 +62,14 @@ def test_top_level_help_lists_every_command(capsys):
     assert exit_.value.code == 0
     text = capsys.readouterr().out
     assert all(f"  {name} " in text for name in COMMANDS)
+
+
+def test_version_is_the_package_metadata(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"amf-mtl {version('amf-mtl')}\n"
+    assert version("amf-mtl") == __version__  # pyproject.toml reads runtime/version.py
 
 
 def test_help_imports_neither_torch_nor_the_training_side():

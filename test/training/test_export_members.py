@@ -5,6 +5,7 @@ the runtime reads them back and votes by that rule. Tiny random networks (timm's
 from __future__ import annotations
 
 import json
+from importlib.metadata import version
 
 import numpy as np
 import onnx
@@ -12,8 +13,9 @@ import torch
 from conftest import AMIBR_FIXTURE
 
 from cli.main import main as amf
-from runtime.contract import MEAN_THEN_VOTE
+from runtime.contract import MEAN_THEN_VOTE, read_spec
 from runtime.ensemble import Ensemble
+from runtime.version import __version__
 from runtime.vote import vote
 from training.checkpoint import save_checkpoint
 from training.data import load_patches
@@ -35,6 +37,8 @@ def test_two_runs_export_as_two_members_of_each_fold_with_the_weights_stored_onc
     assert [(f["name"], f["group"], f["threshold"]) for f in doc["folds"]] == [
         ("run1/val-tupac16", "val-tupac16", 0.4), ("run2/val-tupac16", "val-tupac16", 0.6)]
     assert len(doc["provenance"]["accuracy_guard"]["int8_ba"]) == 2  # the guard, per member
+    assert doc["provenance"]["amf_version"] == __version__ == version("amf-mtl")  # the release that exported it
+    assert read_spec(weights).identity().endswith(f", amf-mtl {__version__}")  # named in the model line
     standard = (weights / "ensemble.onnx").stat().st_size
     for name in doc["cpu_model_files"]:  # one per member, holding pointers into the standard graph
         graph = onnx.load(str(weights / name), load_external_data=False)
