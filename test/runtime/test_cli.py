@@ -24,7 +24,7 @@ SHARED = {  # option -> the commands that must offer it
     "--format": {"train", "pick", "calibrate", "evaluate", "export", "masks", "augment"},
     "--root": {"train", "pick", "calibrate", "evaluate", "export", "masks", "augment"},
     "--split": {"train", "pick", "calibrate", "evaluate", "export", "masks", "augment"},
-    "--out": set(COMMANDS) - {"calibrate"},
+    "--out": set(COMMANDS),
     "--tta": {"calibrate", "evaluate", "export", "predict"},
     "--vote": {"calibrate", "evaluate", "export", "predict"},
     "--batch-size": {"train", "pick", "calibrate", "evaluate", "predict"},

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import torch
 from conftest import AMIBR_FIXTURE
+from sklearn.metrics import balanced_accuracy_score
 
 from cli.main import main as amf
 from runtime.contract import MEAN_THEN_VOTE, read_spec
@@ -55,3 +56,34 @@ def test_two_runs_export_as_two_members_of_each_fold_with_the_weights_stored_onc
     assert not np.allclose(prediction.fold_probs[:, 0], prediction.fold_probs[:, 1])  # two networks
     atypical, confidence = vote(prediction.fold_probs, [0.4, 0.6], MEAN_THEN_VOTE, ["val-tupac16"] * 2)
     assert np.array_equal(prediction.atypical, atypical) and np.allclose(prediction.confidence, confidence)
+    ensemble.close()
+
+
+def test_calibrate_compares_an_exported_ensemble_with_a_run_on_validation(tmp_path):
+    """``amf calibrate WEIGHTS RUN``: the exported members run as in the container, beside the run's checkpoints;
+    each source alone, both together and the better per fold are scored, and the decision written down."""
+    for run, seed in (("run1", 0), ("run2", 1)):
+        torch.manual_seed(seed)
+        save_checkpoint(tmp_path / run / "val-tupac16", MultiTaskNet(TINY), {"threshold": 0.5, "fold": FOLD})
+    weights, out, manifest = tmp_path / "weights", tmp_path / "cal", str(AMIBR_FIXTURE / "manifest.csv")
+    assert amf(["export", str(tmp_path / "run1"), "--out", str(weights), "--manifest", manifest, "--no-guard"]) == 0
+    assert amf(["calibrate", str(weights), str(tmp_path / "run2"), "--manifest", manifest, "--out", str(out)]) == 0
+    doc = json.loads((out / "calibration.json").read_text())
+    assert (out / "comparison.md").read_text().startswith("| candidate | vote |")
+    assert not (weights / "calibration.json").exists() and (tmp_path / "run2" / "calibration.json").exists()
+    data = load_patches(AMIBR_FIXTURE / "manifest.csv")
+    val = data.domains == "tupac16"
+    ensemble = Ensemble(weights, providers=["CPUExecutionProvider"])
+    p = ensemble.probabilities(data.images[val])[:, 0]
+    ensemble.close()
+    y = data.labels[val]
+    exported = next(r for r in doc["folds"] if r["source"] == str(weights))
+    assert exported["fold"] == "val-tupac16" and exported["patches"] == val.sum() == 4
+    assert exported["ba_at_0.5"] == balanced_accuracy_score(y, p >= 0.5)  # as the container answers
+    comparison = doc["comparison"]
+    assert comparison["baseline"] == str(weights)
+    assert set(comparison["candidates"]) == {f"alone: {weights}", f"alone: {tmp_path / 'run2'}", "all together",
+                                             "the better source per fold"}
+    assert comparison["candidates"]["all together"]["majority"]["ba"].keys() == {"val-tupac16"}
+    decision = comparison["decision"]
+    assert decision["ship"] == (decision["gain"] >= 0.005 and decision["best"] != f"alone: {weights}")
