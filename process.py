@@ -8,11 +8,11 @@ Reads the stack named by ``<input>/inputs.json``, runs the shipped ONNX fold ens
 Models: ``--weights``, else ``$AMF_WEIGHTS``, else ``/opt/ml/model`` when it holds ``ensemble.json``
 (Grand Challenge's uploaded model tarball), else ``weights/`` next to this file.
 
-Progress (pages, provider, timings) goes to stdout; an error is one line on stderr naming the file and the
-problem. Exit codes: 0 done; 2 input error; 3 output not writable; 4 model error (weights missing or
-unreadable, unusable model output); 1 unexpected internal error (with a traceback). A non-zero exit writes
-no output file. Device: CUDA when a GPU is visible and usable, else the CPU (one stdout line says why CUDA was
-wanted but not used); ``AMF_DEVICE``, ``AMF_GPU_MIN_PAGES`` and ``AMF_THREADS`` adjust it (runtime/device.py).
+Progress (the release first, then pages, provider, timings) goes to stdout; an error is one line on stderr naming
+the file and the problem. Exit codes: 0 done; 2 input error; 3 output not writable; 4 model error (weights missing
+or unreadable, unusable model output); 1 unexpected internal error (with a traceback). A non-zero exit writes no
+output file. Device: CUDA when a GPU is visible and usable, else the CPU (one stdout line says why CUDA was wanted
+but not used); ``AMF_DEVICE``, ``AMF_GPU_MIN_PAGES`` and ``AMF_THREADS`` adjust it (runtime/device.py).
 onnxruntime's telemetry is off: the run writes nothing outside the output folder and /tmp.
 """
 
@@ -34,10 +34,12 @@ from runtime.errors import EXIT_INTERNAL, EXIT_OK, AmfError
 from runtime.forked import ForkedRead
 from runtime.grand_challenge import find_stack, results_json, write_results
 from runtime.stack import read_stack
+from runtime.version import __version__
 
 
 def run(input_dir: Path, output_dir: Path, weights: Path) -> int:
     start = time.perf_counter()
+    print(f"amf-mtl {__version__}: MIDOG 2025 Track 2, atypical vs normal mitotic figures", flush=True)
     stack = find_stack(input_dir)
     # A forked child reads the stack while this process loads the model (runtime/forked.py), unless the device
     # choice has to wait for the page count.

@@ -40,7 +40,9 @@ from cli.options import (
     positive_int,
     resolve_data,
 )
+from runtime.contract import is_exported
 from runtime.errors import AmfError, InputError, OutputError
+from runtime.version import __version__
 
 # top-level modules of the `train` extra (pyproject.toml); a command that misses one names the extra
 TRAIN_EXTRA = frozenset({"torch", "torchvision", "timm", "lightning", "safetensors", "skimage", "sklearn", "scipy",
@@ -161,22 +163,29 @@ def pick(args: argparse.Namespace) -> None:
 
 
 def calibrate_args(p: argparse.ArgumentParser) -> None:
-    add_runs(p)
+    add_runs(p, "run folder(s) with fold checkpoints, fold folders, or exported ensemble folders (their members, "
+             "run as in the container); several of the same folds are also compared as candidate ensembles")
     add_data(p, split_help="the split the folds were trained on (e.g. train)")
     add_tta(p, "the TTA the threshold is chosen for; auto compares none and d4 on validation and keeps the better",
             auto=True)
     add_vote(p, "the rule the threshold is chosen for; auto scores each rule on validation and keeps majority "
              "unless another gains at least 0.005 mean BA", default="auto", auto=True)
-    p.add_argument("--write", action="store_true", help="write the threshold into each fold's config.json")
+    p.add_argument("--write", action="store_true", help="write the threshold into each fold's config.json (run "
+                   "folders only)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="also write calibration.json there, and comparison.md "
+                   "when several sources are compared (default: into each run folder only)")
     add_batch_size(p, "inference batch", INFERENCE_BATCH)
     add_device(p)
 
 
 def calibrate(args: argparse.Namespace) -> None:
     check_data(args)
-    checks.sources(args.runs, ensembles=False)
-    for run in args.runs:  # calibration.json goes into each
-        checks.output_folder(run, "RUN")
+    checks.sources(args.runs, ensembles=True)
+    for run in args.runs:  # calibration.json goes into each run folder
+        if not is_exported(run):
+            checks.output_folder(run, "RUN")
+    if args.out is not None:
+        checks.output_folder(args.out)
     from training import calibrate
 
     calibrate.run(args)
@@ -343,8 +352,11 @@ COMMANDS: dict[str, tuple[Callable, Callable, str, str]] = {
     "calibrate": (calibrate_args, calibrate, "choose the decision threshold, vote and TTA on the validation parts",
                   "Each fold model predicts its own validation part, never the test split; one threshold shared "
                   "by all folds, the grid value that maximises the mean validation balanced accuracy; the vote "
-                  "rule scored on each fold's own members (several runs of the same folds). Writes "
-                  "calibration.json in each run folder; --write also puts the threshold into every config.json."),
+                  "rule scored on each fold's own members (several runs of the same folds). Several sources of "
+                  "the same folds (runs, exported ensembles) are also compared: each alone, all together and the "
+                  "better per fold, and the first is replaced only by a gain of at least 0.005 mean validation BA. "
+                  "Writes calibration.json in each run folder (and --out); --write also puts the threshold into "
+                  "every config.json."),
     "evaluate": (evaluate_args, evaluate, "score fold checkpoints or an exported ensemble on a labelled manifest",
                  "Balanced accuracy (95 % bootstrap interval), sensitivity, specificity and AUROC, overall and per "
                  "domain, for each fold model and their vote (runtime/vote.py, with runtime/tta.py's TTA); "
@@ -391,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = "\n".join(f"  {name:<10} {summary}" for name, (_, _, summary, _) in COMMANDS.items())
     parser = Parser(prog="amf", description=USAGE.format(commands=commands),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"amf-mtl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 help="one of the commands above")
     for name, (arguments, implementation, summary, description) in COMMANDS.items():

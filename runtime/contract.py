@@ -16,7 +16,7 @@
      "vote": "majority" | "mean-probability" | "mean-then-vote",  # runtime/vote.py; default majority
      "tie": "mean-probability", "confidence": "mean-probability",  # what majority does with them
      "tta": "none" | "d4",            # runtime/tta.py
-     "provenance": {...}}             # free-form: sources, git_commit, model_sha256 (of model_file), parity figures
+     "provenance": {...}}             # free-form: sources, git_commit, amf_version, model_sha256, parity
 
 Scaling to [0, 1], normalisation and layout live inside the ONNX graph: the runtime feeds the uint8 pages as
 read, so it cannot preprocess differently from training. The files are one unit: export writes them together,
@@ -67,10 +67,14 @@ class EnsembleSpec:
     provenance: dict = field(default_factory=dict)
 
     def identity(self) -> str:
-        """``sha256 <12 hex>, commit <12 hex>``: model_file's hash and the commit that exported it, as the
-        provenance records them (``unrecorded`` where it does not)."""
-        return ", ".join(f"{label} {str(self.provenance.get(key) or 'unrecorded')[:12]}"
-                         for label, key in (("sha256", "model_sha256"), ("commit", "git_commit")))
+        """``sha256 <12 hex>, commit <12 hex>[, amf-mtl <version>]``: model_file's hash, the commit and the release
+        that exported it, as the provenance records them (``unrecorded`` where it does not; the release only where
+        recorded: exports made before releases were versioned lack it)."""
+        found = [f"{label} {str(self.provenance.get(key) or 'unrecorded')[:12]}"
+                 for label, key in (("sha256", "model_sha256"), ("commit", "git_commit"))]
+        if self.provenance.get("amf_version"):
+            found.append(f"amf-mtl {self.provenance['amf_version']}")
+        return ", ".join(found)
 
 
 def make_spec(folds: list[dict], tta: str, provenance: dict, cpu_graphs: bool = True, vote: str = MAJORITY) -> dict:

@@ -6,7 +6,7 @@ image's labels (a JSON object on stdin) and fails, naming them, on those missing
 
 - org.opencontainers.image.revision: the commit checked out (``-dirty`` when tracked files differ from it)
 - org.opencontainers.image.source: $SOURCE_URL, else the ``origin`` remote (credentials left out)
-- org.opencontainers.image.version: pyproject.toml's version
+- org.opencontainers.image.version: the release version (runtime/version.py)
 - org.opencontainers.image.created: now (or $SOURCE_DATE_EPOCH), RFC 3339, UTC
 - amf-mtl.weights.sha256.FILE: the sha256 of weights/ensemble.json and of each graph it names
 
@@ -48,7 +48,7 @@ def source() -> str:
 
 
 def version() -> str:
-    return re.search(r'^version\s*=\s*"([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    return re.search(r'^__version__ = "([^"]+)"', (ROOT / "runtime" / "version.py").read_text(), re.M).group(1)
 
 
 def created() -> str:

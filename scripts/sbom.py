@@ -4,9 +4,9 @@
 
 PIP_REPORT is ``pip install --dry-run --report`` of LOCK for the image's platform: one component per locked
 package with the sha256 of the wheel pip picks there (which must be one of the lock's hashes), its summary and
-licence; the root component is the project (pyproject.toml). Reproducible: no serial number, no timestamp, so
-an unchanged lock gives the same file. It names no index: cyclonedx-py's requirements reader records each
-package's index address, hence this writer.
+licence; the root component is the project (pyproject.toml; its version: runtime/version.py). Reproducible: no
+serial number, no timestamp, so an unchanged lock gives the same file. It names no index: cyclonedx-py's
+requirements reader records each package's index address, hence this writer.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from cyclonedx.validation.json import JsonStrictValidator
 from packageurl import PackageURL
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from image_labels import version  # noqa: E402
 from locks import normalize, read_lock  # noqa: E402
 
 
@@ -50,7 +51,7 @@ def main(lock_path: str, report_path: str, out: str) -> None:
     bom = Bom()
     bom.serial_number = None  # reproducible, as cyclonedx-py's --output-reproducible
     bom.metadata.timestamp = None
-    root = Component(name=project["name"], version=project["version"], type=ComponentType.APPLICATION,
+    root = Component(name=project["name"], version=version(), type=ComponentType.APPLICATION,
                      bom_ref="root", description=project["description"],
                      licenses=[LicenseFactory().make_from_string(project["license"]["text"])])
     bom.metadata.component = root

@@ -44,6 +44,7 @@ from runtime.contract import (
     make_spec,
 )
 from runtime.errors import ModelError
+from runtime.version import __version__
 from training.checkpoint import load_pruned, member_names
 from training.cpu_graph import write_cpu_graphs
 from training.data import PatchSet, load_datasets
@@ -159,7 +160,7 @@ def export_ensemble(sources: list[str | Path], out: str | Path, data: PatchSet, 
     model_path = out / MODEL_FILE
     checks = {"random": parity(float_random, int8_random), "real": parity(float_probs, int8_probs)}
     spec = make_spec(folds, tta, cpu_graphs=bool(cpu_paths), vote=vote, provenance={
-        "sources": sources_used, "git_commit": _git_commit(),
+        "sources": sources_used, "git_commit": _git_commit(), "amf_version": __version__,
         "model_sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(), "model_bytes": model_path.stat().st_size,
         "quantization": {"mode": mode, **({"method": method, "calibration_patches": int(len(sample)),
                                            "calibration_seed": seed} if mode == "static" else {}),

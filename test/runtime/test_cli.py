@@ -10,19 +10,20 @@ import os
 import subprocess
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 from conftest import ROOT
 
 from cli.main import COMMANDS, main
+from runtime.version import __version__
 
+DATA = {"data", "train", "pick", "calibrate", "evaluate", "export", "masks", "augment"}  # the data options
 SHARED = {  # option -> the commands that must offer it
-    "--manifest": {"train", "pick", "calibrate", "evaluate", "export", "masks", "augment"},
-    "--format": {"train", "pick", "calibrate", "evaluate", "export", "masks", "augment"},
-    "--root": {"train", "pick", "calibrate", "evaluate", "export", "masks", "augment"},
-    "--split": {"train", "pick", "calibrate", "evaluate", "export", "masks", "augment"},
-    "--out": set(COMMANDS) - {"calibrate"},
+    **{option: DATA for option in ("--manifest", "--format", "--root", "--name", "--domain-column", "--columns",
+                                   "--split")},
+    "--out": set(COMMANDS),
     "--tta": {"calibrate", "evaluate", "export", "predict"},
     "--vote": {"calibrate", "evaluate", "export", "predict"},
     "--batch-size": {"train", "pick", "calibrate", "evaluate", "predict"},
@@ -60,6 +61,14 @@ def test_top_level_help_lists_every_command(capsys):
     assert exit_.value.code == 0
     text = capsys.readouterr().out
     assert all(f"  {name} " in text for name in COMMANDS)
+
+
+def test_version_is_the_package_metadata(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"amf-mtl {version('amf-mtl')}\n"
+    assert version("amf-mtl") == __version__  # pyproject.toml reads runtime/version.py
 
 
 def test_help_imports_neither_torch_nor_the_training_side():

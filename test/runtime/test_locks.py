@@ -19,6 +19,7 @@ import pytest
 from conftest import ROOT
 
 from runtime.contract import read_spec
+from runtime.version import __version__
 from scripts.image_labels import OCI, WEIGHTS_LABEL, label_problems, labels
 from scripts.locks import freeze_problems, lock_problems, read_lock, read_pins, sbom_problems
 
@@ -65,7 +66,7 @@ def test_the_lock_check_fails_on_a_missing_or_changed_pin_an_unhashed_entry_or_a
 def test_each_bill_of_materials_lists_its_lock_with_the_picked_wheels_hash(name):
     lock, sbom = text(f"{name}.lock"), json.loads(text(f"{name}.cdx.json"))
     assert sbom["specVersion"] == "1.6" and sbom["metadata"]["component"]["name"] == "amf-mtl"
-    assert sbom["metadata"]["component"]["version"] == tomllib.loads(text("pyproject.toml"))["project"]["version"]
+    assert sbom["metadata"]["component"]["version"] == __version__
     assert sbom_problems(lock, sbom) == []
     assert "://" not in json.dumps(sbom["components"])  # no index address
     tampered = json.loads(json.dumps(sbom))
@@ -136,7 +137,7 @@ def test_pip_refuses_a_changed_hash_and_pip_check_an_unlocked_dependency(tmp_pat
 
 def test_the_labels_name_the_checkout_the_version_and_the_weights_hashes():
     found = labels()
-    assert found[OCI + "version"] == tomllib.loads(text("pyproject.toml"))["project"]["version"]
+    assert found[OCI + "version"] == __version__
     assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?|unknown", found[OCI + "revision"])
     spec = json.loads(text("weights/ensemble.json"))
     for name in ("ensemble.json", spec["model_file"], *spec["cpu_model_files"]):

@@ -34,6 +34,7 @@ from runtime import contract, grand_challenge
 from runtime.errors import EXIT_INPUT, OutputError
 from runtime.grand_challenge import OUTPUT_FILE, validate_results
 from runtime.stack import read_stack
+from runtime.version import __version__
 from runtime.vote import vote
 
 
@@ -121,6 +122,7 @@ def test_fresh_process_runs_the_fold_graphs_in_worker_processes(threads, layout,
                            str(tmp_path / "out"), "--weights", str(ROOT / "weights")], capture_output=True, text=True,
                           timeout=120, env=subprocess_env(AMF_THREADS=threads))
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert proc.stdout.startswith(f"amf-mtl {__version__}: ")  # the release, first
     assert f"4 fold models on CPUExecutionProvider ({layout})" in proc.stdout
     result = json.loads((tmp_path / "out" / OUTPUT_FILE).read_text())
     expected = json.loads((ROOT / "test" / "output" / "expected_output.json").read_text())

@@ -46,3 +46,44 @@ def test_rules_are_scored_per_fold_on_that_folds_members_at_their_own_best_thres
         assert rules[rule]["threshold"] == 0.61 and rules[rule]["mean_ba"] == 1.0, rule  # means 0.6 and 0.7
     one_each = score_rules({"val-a": (a[0], a[1][:, :1]), "val-b": b})
     assert len({(r["threshold"], r["mean_ba"]) for r in one_each.values()}) == 1  # one model per fold: alike
+
+
+def _rows(source, scores):
+    """Fold rows and (labels, probabilities) parts of one source: fold name -> its member's P on [0, 0, 1, 1]."""
+    y = np.array([0, 0, 1, 1])
+    rows = [{"fold": name, "model": f"{source}/{name}", "source": source} for name in scores]
+    return rows, [(y, np.array(p)) for p in scores.values()]
+
+
+def test_sources_are_compared_alone_together_and_per_fold_against_the_first():
+    from training.calibrate import SHIP_MIN_GAIN, compare_sources
+
+    assert SHIP_MIN_GAIN == 0.005  # the issue's figure
+    # A, the baseline, separates fold a and not b (at any threshold); B the reverse
+    rows_a, parts_a = _rows("A", {"val-a": [0.1, 0.2, 0.8, 0.9], "val-b": [0.9, 0.1, 0.2, 0.8]})
+    rows_b, parts_b = _rows("B", {"val-a": [0.9, 0.1, 0.2, 0.8], "val-b": [0.1, 0.2, 0.8, 0.9]})
+    doc = compare_sources(rows_a + rows_b, parts_a + parts_b, ["A", "B"])
+    assert doc["better_source_per_fold"] == {"val-a": "A", "val-b": "B"}
+    base = doc["candidates"]["alone: A"]["majority"]
+    assert base["ba"] == {"val-a": 1.0, "val-b": 0.5} and base["diff_vs_baseline"] == {"val-a": 0.0, "val-b": 0.0}
+    assert base["threshold"] == 0.5 and base["mean_ba"] == 0.75
+    per_fold = doc["candidates"]["the better source per fold"]["majority"]
+    assert per_fold["ba"] == {"val-a": 1.0, "val-b": 1.0} and per_fold["diff_vs_baseline"] == {"val-a": 0, "val-b": 0.5}
+    assert doc["candidates"]["alone: B"]["majority"]["diff_vs_baseline"] == {"val-a": -0.5, "val-b": 0.5}
+    assert doc["decision"]["best"] == "the better source per fold" and doc["decision"]["ship"]
+    assert doc["decision"]["gain"] == 0.25
+    # the same source twice gains nothing: the baseline stays
+    same = compare_sources(rows_a + [dict(r, source="A2") for r in rows_a], parts_a + parts_a, ["A", "A2"])
+    assert not same["decision"]["ship"] and same["decision"]["gain"] == 0.0
+
+
+def test_a_source_without_one_of_the_folds_is_refused():
+    import pytest
+
+    from runtime.errors import InputError
+    from training.calibrate import compare_sources
+
+    rows_a, parts_a = _rows("A", {"val-a": [0.1, 0.2, 0.8, 0.9], "val-b": [0.1, 0.2, 0.8, 0.9]})
+    rows_b, parts_b = _rows("B", {"val-a": [0.1, 0.2, 0.8, 0.9]})
+    with pytest.raises(InputError, match="B has no model of fold"):
+        compare_sources(rows_a + rows_b, parts_a + parts_b, ["A", "B"])

@@ -31,7 +31,7 @@ CASES = [
     ("train --manifest M --out OUT --epochs 0", EXIT_INPUT, "argument --epochs: '0' is not a positive integer"),
     ("train --manifest M --out OUT --pretrained /missing.bin", EXIT_INPUT, "--pretrained /missing.bin: not found",
      "'hub'"),
-    ("calibrate W --manifest M --split train", EXIT_INPUT, "is an exported ensemble (ensemble.json), not a run",
+    ("pick W --manifest M --split train --out OUT", EXIT_INPUT, "is an exported ensemble (ensemble.json), not a run",
      "a run folder of amf train"),
     ("train --manifest M --out OUT --folds nosuch", EXIT_INPUT, "--folds: no fold 'nosuch'", "val-tupac16"),
     # train

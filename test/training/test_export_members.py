@@ -5,15 +5,18 @@ the runtime reads them back and votes by that rule. Tiny random networks (timm's
 from __future__ import annotations
 
 import json
+from importlib.metadata import version
 
 import numpy as np
 import onnx
 import torch
 from conftest import AMIBR_FIXTURE
+from sklearn.metrics import balanced_accuracy_score
 
 from cli.main import main as amf
-from runtime.contract import MEAN_THEN_VOTE
+from runtime.contract import MEAN_THEN_VOTE, read_spec
 from runtime.ensemble import Ensemble
+from runtime.version import __version__
 from runtime.vote import vote
 from training.checkpoint import save_checkpoint
 from training.data import load_patches
@@ -35,6 +38,8 @@ def test_two_runs_export_as_two_members_of_each_fold_with_the_weights_stored_onc
     assert [(f["name"], f["group"], f["threshold"]) for f in doc["folds"]] == [
         ("run1/val-tupac16", "val-tupac16", 0.4), ("run2/val-tupac16", "val-tupac16", 0.6)]
     assert len(doc["provenance"]["accuracy_guard"]["int8_ba"]) == 2  # the guard, per member
+    assert doc["provenance"]["amf_version"] == __version__ == version("amf-mtl")  # the release that exported it
+    assert read_spec(weights).identity().endswith(f", amf-mtl {__version__}")  # named in the model line
     standard = (weights / "ensemble.onnx").stat().st_size
     for name in doc["cpu_model_files"]:  # one per member, holding pointers into the standard graph
         graph = onnx.load(str(weights / name), load_external_data=False)
@@ -51,3 +56,34 @@ def test_two_runs_export_as_two_members_of_each_fold_with_the_weights_stored_onc
     assert not np.allclose(prediction.fold_probs[:, 0], prediction.fold_probs[:, 1])  # two networks
     atypical, confidence = vote(prediction.fold_probs, [0.4, 0.6], MEAN_THEN_VOTE, ["val-tupac16"] * 2)
     assert np.array_equal(prediction.atypical, atypical) and np.allclose(prediction.confidence, confidence)
+    ensemble.close()
+
+
+def test_calibrate_compares_an_exported_ensemble_with_a_run_on_validation(tmp_path):
+    """``amf calibrate WEIGHTS RUN``: the exported members run as in the container, beside the run's checkpoints;
+    each source alone, both together and the better per fold are scored, and the decision written down."""
+    for run, seed in (("run1", 0), ("run2", 1)):
+        torch.manual_seed(seed)
+        save_checkpoint(tmp_path / run / "val-tupac16", MultiTaskNet(TINY), {"threshold": 0.5, "fold": FOLD})
+    weights, out, manifest = tmp_path / "weights", tmp_path / "cal", str(AMIBR_FIXTURE / "manifest.csv")
+    assert amf(["export", str(tmp_path / "run1"), "--out", str(weights), "--manifest", manifest, "--no-guard"]) == 0
+    assert amf(["calibrate", str(weights), str(tmp_path / "run2"), "--manifest", manifest, "--out", str(out)]) == 0
+    doc = json.loads((out / "calibration.json").read_text())
+    assert (out / "comparison.md").read_text().startswith("| candidate | vote |")
+    assert not (weights / "calibration.json").exists() and (tmp_path / "run2" / "calibration.json").exists()
+    data = load_patches(AMIBR_FIXTURE / "manifest.csv")
+    val = data.domains == "tupac16"
+    ensemble = Ensemble(weights, providers=["CPUExecutionProvider"])
+    p = ensemble.probabilities(data.images[val])[:, 0]
+    ensemble.close()
+    y = data.labels[val]
+    exported = next(r for r in doc["folds"] if r["source"] == str(weights))
+    assert exported["fold"] == "val-tupac16" and exported["patches"] == val.sum() == 4
+    assert exported["ba_at_0.5"] == balanced_accuracy_score(y, p >= 0.5)  # as the container answers
+    comparison = doc["comparison"]
+    assert comparison["baseline"] == str(weights)
+    assert set(comparison["candidates"]) == {f"alone: {weights}", f"alone: {tmp_path / 'run2'}", "all together",
+                                             "the better source per fold"}
+    assert comparison["candidates"]["all together"]["majority"]["ba"].keys() == {"val-tupac16"}
+    decision = comparison["decision"]
+    assert decision["ship"] == (decision["gain"] >= 0.005 and decision["best"] != f"alone: {weights}")
