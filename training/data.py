@@ -107,7 +107,7 @@ class DataSource:
             fmt = FORMATS[self.format]
         else:
             return self.format
-        return replace(fmt, domain_column=self.domain_column) if self.domain_column else fmt
+        return replace(fmt, domain_column=self.domain_column or fmt.domain_column)
 
 
 @dataclass
@@ -131,9 +131,8 @@ class PatchSet:
 
     def subset(self, index: np.ndarray) -> PatchSet:
         index = np.asarray(index, int)
-        picked = {f.name: getattr(self, f.name) for f in fields(self)}
-        return replace(self, **{name: None if a is None else [a[i] for i in index] if name == "paths" else a[index]
-                                for name, a in picked.items()})
+        pick = lambda a: None if a is None else [a[i] for i in index] if isinstance(a, list) else a[index]  # noqa: E731
+        return replace(self, **{f.name: pick(getattr(self, f.name)) for f in fields(self)})
 
     def where(self, *, split: str | None = None, domains: list[str] | None = None) -> PatchSet:
         keep = np.ones(len(self), bool)
