@@ -143,12 +143,13 @@ def model_probabilities(models: list[FoldModel], rows: list[np.ndarray], images:
 
 
 def calibrate(runs: list[str | Path], data: PatchSet, tta: str = "none", batch_size: int = 64,
-              device: str = "cpu", rule: str = "auto") -> dict:
+              device: str = "cpu", rule: str = "auto", compare: bool = True) -> dict:
     """Each fold model on its validation part of ``data``. ``runs``: run or fold folders, or exported ensembles.
     ``tta``: the mode the threshold is chosen for (none | d4), or ``auto``: score both at 0.5 and choose d4 only
     when it is higher. ``rule``: the vote rule the threshold is chosen for, or ``auto``: each rule at its best
-    threshold, chosen by :func:`choose_rule`. With several sources, ``comparison`` scores each one alone, all of
-    them together and the better one per fold (:func:`compare_sources`)."""
+    threshold, chosen by :func:`choose_rule`. With several sources and ``compare``, ``comparison`` scores each one
+    alone, all of them together and the better one per fold (:func:`compare_sources`), or says why it cannot
+    (``skipped``: a source lacks a fold, e.g. a continuation of one fold)."""
     modes = ("none", "d4") if tta in ("d4", "auto") else ("none",)
     models = [m for r in runs for m in fold_models(r)]
     rows = []
@@ -183,9 +184,20 @@ def calibrate(runs: list[str | Path], data: PatchSet, tta: str = "none", batch_s
                 "mean_ba_at_threshold": rules[chosen]["mean_ba"], "members_per_fold":
                 {name: len(ps) for name, ps in members.items()}, "vote_rules": rules})
     sources = list(dict.fromkeys(str(r) for r in runs))
-    if len(sources) > 1:
-        doc["comparison"] = compare_sources(folds, parts[tta], sources)
+    if compare and len(sources) > 1:
+        lacking = missing_folds(folds, sources)
+        doc["comparison"] = {"skipped": lacking} if lacking else compare_sources(folds, parts[tta], sources)
     return doc
+
+
+def missing_folds(folds: list[dict], sources: list[str]) -> str | None:
+    """Why ``sources`` cannot be compared as ensembles (one lacks a fold the others have), or None."""
+    names = sorted({row["fold"] for row in folds})
+    for source in sources:
+        lacking = [n for n in names if not any(r["fold"] == n and r["source"] == source for r in folds)]
+        if lacking:
+            return f"{source} has no model of fold(s) {', '.join(lacking)}: compare sources of the same folds"
+    return None
 
 
 def _members(folds: list[dict], parts: list[tuple], keep) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -204,12 +216,10 @@ def compare_sources(folds: list[dict], parts: list[tuple], sources: list[str]) -
     shared threshold, the mean and per-fold BA there, and per fold the paired difference from the first source
     under majority (the baseline, e.g. the shipped ensemble). ``decision``: the candidate with the highest mean
     BA under its rule (:func:`choose_rule`) replaces the baseline only if it gains at least SHIP_MIN_GAIN."""
+    lacking = missing_folds(folds, sources)
+    if lacking:
+        raise InputError(lacking)
     names = sorted({row["fold"] for row in folds})
-    for source in sources:
-        lacking = [n for n in names if not any(r["fold"] == n and r["source"] == source for r in folds)]
-        if lacking:
-            raise InputError(f"{source} has no model of fold(s) {', '.join(lacking)}: compare sources of the same "
-                             "folds")
     alone = {s: _members(folds, parts, lambda row, s=s: row["source"] == s) for s in sources}
     better = {n: max(sources, key=lambda s: (balanced_accuracy_score(alone[s][n][0], fold_vote(alone[s][n][1], 0.5)),
                                              -sources.index(s))) for n in names}
@@ -271,7 +281,10 @@ def run(args: argparse.Namespace) -> None:
     data = load_datasets(args.data, args.split)
     doc = calibrate(args.runs, data, args.tta, args.batch_size, args.device, args.vote)
     print(json.dumps(doc, indent=2))
-    table = comparison_table(doc["comparison"]) if "comparison" in doc else None
+    comparison = doc.get("comparison") or {}
+    table = comparison_table(comparison) if "decision" in comparison else None
+    if "skipped" in comparison:
+        print(f"not compared as ensembles: {comparison['skipped']}")
     if table:
         print(table)
     if args.out is not None:
@@ -291,5 +304,5 @@ def run(args: argparse.Namespace) -> None:
 def run_pick(args: argparse.Namespace) -> None:
     """``amf pick`` (arguments: cli/main.py)."""
     data = load_datasets(args.data, args.split)
-    doc = calibrate(args.runs, data, "none", args.batch_size, args.device, MAJORITY)
+    doc = calibrate(args.runs, data, "none", args.batch_size, args.device, MAJORITY, compare=False)
     print(json.dumps(pick_per_fold(doc, args.out), indent=2))

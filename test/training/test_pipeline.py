@@ -197,6 +197,8 @@ def test_cli_trains_all_folds_resumes_evaluates_and_exports(tmp_path, capsys):
     assert both["members_per_fold"] == {f: 2 if f == folds[0] else 1 for f in folds}
     assert set(both["vote_rules"]) == {"majority", "mean-probability", "mean-then-vote"}
     assert set(both["vote_rules"]["majority"]["ba"]) == set(folds)
+    assert both["comparison"] == {"skipped": f"{tuned} has no model of fold(s) {', '.join(folds[1:])}: compare "
+                                  "sources of the same folds"}  # the continuation of one fold is no ensemble
 
 
 def test_training_is_reproducible_with_the_same_seed(tmp_path):
