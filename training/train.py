@@ -242,7 +242,12 @@ class MitosisTask(L.LightningModule):
 
 
 class Throughput(Callback):
-    """Logs training patches/s and epoch wall time into metrics.csv."""
+    """Logs training patches/s and epoch wall time into metrics.csv. An epoch this process did not train logs
+    nothing: a resume with a step limit from the checkpoint saved at an epoch's end runs only that epoch's end
+    hooks again."""
+
+    def __init__(self) -> None:
+        self._start, self._seen = 0.0, 0
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._start, self._seen = time.perf_counter(), 0
@@ -251,8 +256,9 @@ class Throughput(Callback):
         self._seen += len(batch[2])
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        dt = time.perf_counter() - self._start
-        module.log_dict({"perf/train_patches_per_s": self._seen / dt, "perf/train_epoch_s": dt})
+        if self._seen:
+            dt = time.perf_counter() - self._start
+            module.log_dict({"perf/train_patches_per_s": self._seen / dt, "perf/train_epoch_s": dt})
 
 
 def tensors(ps: PatchSet, masks: np.ndarray | None, domain_ids: np.ndarray) -> TensorDataset:
