@@ -14,19 +14,20 @@ from runtime.errors import InputError, OutputError
 ENSEMBLE_SOURCE = f"an exported ensemble folder ({SPEC_FILE}, written by amf export)"
 
 
-def sources(paths: list[Path], *, ensembles: bool, ensemble_alone: bool = False) -> None:
+def sources(paths: list[Path], *, ensembles: bool, distinct: bool = False) -> None:
     """Each of ``paths`` is a run (or fold) folder with finished folds, or, where ``ensembles``, an exported
-    ensemble; ``ensemble_alone``: an exported ensemble is the only source (amf export re-quantises one)."""
+    ensemble; ``distinct``: none is given twice (amf export: its members would be the same twice)."""
     from training.run_files import RUN_SOURCE, find_fold_checkpoints  # torch-free; not needed for --help
     takes = f"{RUN_SOURCE}, or {ENSEMBLE_SOURCE}" if ensembles else RUN_SOURCE
+    seen = set()
     for path in paths:
+        if distinct and path.resolve() in seen:
+            raise InputError(f"{path} is given twice: each source once")
+        seen.add(path.resolve())
         if is_exported(path):
             if not ensembles:
                 raise InputError(f"{path} is an exported ensemble ({SPEC_FILE}), not a run: this command takes "
                                  f"{RUN_SOURCE}")
-            if ensemble_alone and len(paths) > 1:
-                raise InputError(f"{path} is an exported ensemble, which is re-exported on its own: give it alone, "
-                                 "or run folders only")
         else:
             find_fold_checkpoints(path, expected=takes)
 

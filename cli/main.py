@@ -223,7 +223,8 @@ def evaluate(args: argparse.Namespace) -> None:
 
 def export_args(p: argparse.ArgumentParser) -> None:
     add_runs(p, "run folder(s) with fold checkpoints, or fold folders (several runs of the same folds: several "
-             "members per fold), or one exported ensemble folder (re-quantised from its own graph)")
+             "members per fold), and/or exported ensemble folders (re-quantised from their own graphs; beside "
+             "runs, their members join the new ones in one graph)")
     add_data(p, split="train", manifest_help="labelled manifest: int8 calibration and the accuracy guard",
              split_help="the rows for calibration and the per-fold validation guard")
     add_out(p, "folder for ensemble.onnx + ensemble.json", default="weights")
@@ -241,7 +242,7 @@ def export_args(p: argparse.ArgumentParser) -> None:
 
 def export(args: argparse.Namespace) -> None:
     check_data(args)
-    checks.sources(args.runs, ensembles=True, ensemble_alone=True)
+    checks.sources(args.runs, ensembles=True, distinct=True)
     checks.output_folder(args.out)
     from training import export
 

@@ -90,14 +90,35 @@ def export_onnx(graph: EnsembleGraph, path: Path) -> None:
     program.save(str(path))
 
 
-def float_graph(sources: list[str | Path]) -> tuple[onnx.ModelProto, list[dict], list[str]]:
-    """(float graph, fold entries of the spec, source folders): from fold checkpoints, or from one exported
-    ensemble with its weights expanded."""
-    if len(sources) == 1 and is_exported(sources[0]):
-        spec = json.loads((Path(sources[0]) / SPEC_FILE).read_text())
-        model = expand_weights(onnx.load(str(Path(sources[0]) / spec["model_file"])))
-        return model, spec["folds"], [str(Path(sources[0]) / spec["model_file"])]
-    folders = [f for r in sources for f in find_fold_checkpoints(r)]
+Part = tuple[onnx.ModelProto, list[dict], list[str]]  # a float graph, its fold entries, the sources it read
+
+
+def float_graph(sources: list[str | Path]) -> Part:
+    """(float graph, fold entries of the spec, source folders): from fold checkpoints, from exported ensembles
+    with their weights expanded (their int8 weights exactly; re-quantised with the rest), or from both: the graphs
+    side by side (:func:`side_by_side`), members named ``SOURCE/fold`` where two would share a name."""
+    exported = [s for s in sources if is_exported(s)]
+    runs = [s for s in sources if not is_exported(s)]
+    parts = [_expanded(s) for s in exported] + ([_from_checkpoints(runs)] if runs else [])
+    if len(parts) == 1:
+        return parts[0]
+    folds = [entry for _, entries, _ in parts for entry in entries]
+    if len({f["name"] for f in folds}) < len(folds):  # e.g. weights/ and a run of the same folds
+        labels = [Path(s).name for s in exported] + [None]
+        folds = [{**entry, "group": entry.get("group", entry["name"]),
+                  "name": f"{label}/{entry['name']}" if label else entry["name"]}
+                 for (_, entries, _), label in zip(parts, labels) for entry in entries]
+    return side_by_side([model for model, _, _ in parts]), folds, [used for _, _, part in parts for used in part]
+
+
+def _expanded(source: str | Path) -> Part:
+    spec = json.loads((Path(source) / SPEC_FILE).read_text())
+    model_file = Path(source) / spec["model_file"]
+    return expand_weights(onnx.load(str(model_file))), spec["folds"], [str(model_file)]
+
+
+def _from_checkpoints(runs: list[str | Path]) -> Part:
+    folders = [f for r in runs for f in find_fold_checkpoints(r)]
     nets, folds = [], []
     for folder, name in zip(folders, member_names(folders)):
         net, config = load_pruned(folder)
@@ -112,6 +133,29 @@ def float_graph(sources: list[str | Path]) -> tuple[onnx.ModelProto, list[dict],
         path = Path(tmp) / "float.onnx"
         export_onnx(EnsembleGraph(nets).eval(), path)
         return onnx.load(str(path)), folds, [str(f) for f in folders]
+
+
+def side_by_side(models: list[onnx.ModelProto]) -> onnx.ModelProto:
+    """Ensemble graphs of the same uint8 input as one graph: each model's nodes and tensors under a prefix of its
+    own, reading the shared input, and their probability and logit columns concatenated in order."""
+    graphs = [onnx.compose.add_prefix(m, f"part{k}/").graph for k, m in enumerate(models)]
+    nodes, initializers, value_info = [], [], []
+    for k, graph in enumerate(graphs):
+        for node in graph.node:
+            node.input[:] = [INPUT_NAME if name == f"part{k}/{INPUT_NAME}" else name for name in node.input]
+            nodes.append(node)
+        initializers += graph.initializer
+        value_info += graph.value_info
+    outputs = []
+    for name in (PROB_OUTPUT, LOGIT_OUTPUT):
+        nodes.append(onnx.helper.make_node("Concat", [f"part{k}/{name}" for k in range(len(graphs))], [name], axis=1))
+        outputs.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["batch", None]))
+    graph = onnx.helper.make_graph(nodes, "ensemble", [models[0].graph.input[0]], outputs, initializers,
+                                   value_info=value_info)
+    model = onnx.helper.make_model(graph, opset_imports=models[0].opset_import, ir_version=models[0].ir_version,
+                                   functions=[f for m in models[:1] for f in m.functions])
+    onnx.checker.check_model(model)
+    return model
 
 
 def parity(reference: np.ndarray, got: np.ndarray) -> dict:

@@ -72,8 +72,7 @@ CASES = [
     ("pick RUN --manifest M --split train --out FILE", EXIT_OUTPUT, "a file is there, not a folder"),
     # export
     ("export EMPTY --manifest M --out OUT", EXIT_INPUT, "no fold checkpoints in it", "or an exported ensemble"),
-    ("export W W --manifest M --out OUT", EXIT_INPUT, "re-exported on its own"),
-    ("export W RUN --manifest M --out OUT", EXIT_INPUT, "re-exported on its own"),
+    ("export W W --manifest M --out OUT", EXIT_INPUT, "is given twice: each source once"),
     ("export W --manifest M --out OUT --calibration-patches 0", EXIT_INPUT, "argument --calibration-patches"),
     ("export W --manifest M --out FILE/weights", EXIT_OUTPUT, "is a file, not a folder"),
     # predict
