@@ -1,4 +1,4 @@
-"""Work in forked child processes: the stack read beside the model load, and the fold sessions' workers.
+"""Work in forked child processes: the stack read beside the model load, and the member graphs' workers.
 
 onnxruntime holds the GIL while it builds a session, so threads cannot overlap a session build with anything;
 processes can. Parent and child talk through pipes in frames: a JSON header (what follows: dtype and shape, or
@@ -127,11 +127,10 @@ def fork_is_safe() -> bool:
 
 
 class SessionWorker:
-    """A forked child that loads member graphs (one onnxruntime CPU session each, ``threads`` threads;
-    ``prefused``: runtime/session.py) and answers
-    batches with their probabilities side by side, [N, len(files)], until the parent closes the pipes. A failed
-    batch is answered with an error frame, so the pipes stay in step; ``ended`` is set once the child is gone
-    (its pipe broken or closed), after which the worker answers nothing more."""
+    """A forked child that loads member graphs (one onnxruntime CPU session each, ``threads`` threads; ``prefused``:
+    runtime/session.py) and answers batches with their probabilities side by side, [N, len(files)], until the
+    parent closes the pipes. A failed batch is answered with an error frame, so the pipes stay in step; ``ended``
+    is set once the child is gone (its pipe broken or closed), after which the worker answers nothing more."""
 
     def __init__(self, files: list[Path], threads: int, input_name: str, output_name: str,
                  prefused: bool = False) -> None:

@@ -97,6 +97,8 @@ class Forked:
             raise
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        if not self._workers:
+            raise RuntimeError("the runner is closed")
         ended = [i for i, w in enumerate(self._workers) if w.ended]
         if ended:
             for i in ended:
