@@ -41,6 +41,7 @@ from cli.options import (
     resolve_data,
 )
 from runtime.contract import is_exported
+from runtime.ensemble import default_pages_per_run
 from runtime.errors import AmfError, InputError, OutputError
 from runtime.version import __version__
 
@@ -255,7 +256,8 @@ def predict_args(p: argparse.ArgumentParser) -> None:
                         "recursively) or CSV manifest (file, image_id, path or filename column)")
     add_out(p, "CSV to write (atomically): source, page, class, confidence, each fold's probability")
     add_weights(p)
-    add_batch_size(p, "patches per inference run", 256)
+    add_batch_size(p, f"patches per inference run (default {default_pages_per_run('none')}; with --tta d4, "
+                      f"{default_pages_per_run('d4')}: 8 views each)", None)
     add_tta(p, "override the ensemble spec's test-time augmentation", default=None)
     add_vote(p, "override the ensemble spec's vote", default=None)
     add_device(p, "where onnxruntime runs (default: $AMF_DEVICE, else auto: CUDA when a GPU is visible)", default=None)

@@ -109,7 +109,7 @@ def fold_models(source: str | Path) -> list[FoldModel]:
     if is_exported(source):
         spec, doc = read_spec(source), json.loads((Path(source) / SPEC_FILE).read_text())
         return [FoldModel(str(source), f"{source}/{name}", group, _fold(entry.get("fold"), f"{spec.path}: {name}"), i)
-                for i, (entry, name, group) in enumerate(zip(doc["folds"], spec.fold_names, spec.member_of))]
+                for i, (entry, name, group) in enumerate(zip(doc["folds"], spec.member_names, spec.member_of))]
     return [FoldModel(str(source), str(folder), folder.name,
                       _fold(json.loads((folder / CONFIG_FILE).read_text()).get("fold"), str(folder / CONFIG_FILE)))
             for folder in find_fold_checkpoints(source)]

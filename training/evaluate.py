@@ -129,13 +129,13 @@ def score_exported(folder: str | Path, images: np.ndarray, tta: str | None = Non
     parts = [ensemble.predict(images[i:i + EXPORTED_CHUNK])  # in chunks, for the progress line
              for i in progress_range(len(images), EXPORTED_CHUNK, str(folder))]
     probs, atypical, confidence = (np.concatenate([getattr(p, name) for p in parts])
-                                   for name in ("fold_probs", "atypical", "confidence"))
+                                   for name in ("member_probs", "atypical", "confidence"))
     seconds = time.perf_counter() - start
     print(f"{folder}: {len(images)} patches, {ensemble.provider}, {seconds:.1f} s "
           f"({len(images) / max(seconds, 1e-9):.1f} patches/s)")
     quant = (json.loads(ensemble.spec.path.read_text()).get("provenance") or {}).get("quantization") or {}
     kind = "exported ensemble (onnxruntime" + (f", int8 {quant['mode']}" if "mode" in quant else "") + ")"
-    return Scored(str(folder), Path(folder).name, kind, list(ensemble.spec.fold_names), list(ensemble.spec.member_of),
+    return Scored(str(folder), Path(folder).name, kind, list(ensemble.spec.member_names), list(ensemble.spec.member_of),
                   probs, np.asarray(ensemble.thresholds, float), atypical, confidence, ensemble.tta, ensemble.vote,
                   extra={"provider": ensemble.provider})
 
