@@ -21,7 +21,7 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from runtime.contract import MODEL_FILE, SPEC_FILE, default_weights  # noqa: E402
-from training.data import load_patches  # noqa: E402
+from training.data import DataSource, load  # noqa: E402
 from training.quantize import (  # noqa: E402
     accuracy_guard,
     calibration_sample,
@@ -42,7 +42,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     folds = json.loads((args.weights / SPEC_FILE).read_text())["folds"]
-    data = load_patches(args.manifest).where(split=args.split)
+    data = load([DataSource(Path(args.manifest))], args.split)
     reference = expand_weights(onnx.load(str(args.weights / MODEL_FILE)))
     ref_ba = validation_ba(fold_probabilities(reference, data.images), data, folds)
     names = [f["name"].removeprefix("val-") for f in folds]

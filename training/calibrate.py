@@ -41,7 +41,7 @@ from runtime.contract import MAJORITY, SPEC_FILE, VOTE_RULES, is_exported, read_
 from runtime.errors import InputError, ModelError
 from runtime.vote import vote
 from training.checkpoint import load_pruned
-from training.data import ManifestError, PatchSet, load_datasets
+from training.data import ManifestError, PatchSet, load
 from training.evaluate import predict
 from training.folds import Fold
 from training.run_files import CONFIG_FILE, WEIGHTS_FILE, find_fold_checkpoints
@@ -278,7 +278,7 @@ def pick_per_fold(doc: dict, out: str | Path) -> dict:
 def run(args: argparse.Namespace) -> None:
     """``amf calibrate`` (arguments: cli/main.py). ``calibration.json`` goes into each run folder given (never into
     an exported ensemble) and into ``--out``; the comparison of several sources also as ``comparison.md``."""
-    data = load_datasets(args.data, args.split)
+    data = load(args.data, args.split)
     doc = calibrate(args.runs, data, args.tta, args.batch_size, args.device, args.vote)
     print(json.dumps(doc, indent=2))
     comparison = doc.get("comparison") or {}
@@ -303,6 +303,6 @@ def run(args: argparse.Namespace) -> None:
 
 def run_pick(args: argparse.Namespace) -> None:
     """``amf pick`` (arguments: cli/main.py)."""
-    data = load_datasets(args.data, args.split)
+    data = load(args.data, args.split)
     doc = calibrate(args.runs, data, "none", args.batch_size, args.device, MAJORITY, compare=False)
     print(json.dumps(pick_per_fold(doc, args.out), indent=2))

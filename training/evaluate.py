@@ -33,7 +33,7 @@ from runtime import tta as test_time
 from runtime.contract import MAJORITY, TTA_VIEWS, is_exported
 from runtime.progress import progress_range
 from runtime.vote import vote
-from training.data import load_datasets
+from training.data import load
 from training.guard import evaluation_warning
 from training.metrics import bootstrap_note, evaluate_models, markdown_table, vote_difference, write_report
 from training.report import write_html
@@ -158,19 +158,13 @@ def score_sources(sources: list[str | Path], images: np.ndarray, tta: str | None
     return scored
 
 
-def evaluate_run(runs: list[str | Path], images: np.ndarray, tta: str = "none", vote_folds: bool = True,
-                 batch_size: int = 64, device: str = "cpu") -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Fold checkpoints as one ensemble: per fold model and the vote, name -> (probability, predicted class)."""
-    return score_checkpoints(runs, images, tta, batch_size, device).results(vote_folds)
-
-
 def run(args: argparse.Namespace) -> None:
     """``amf evaluate`` (arguments: cli/main.py)."""
     import os
 
     if args.device in ("cpu", "cuda"):  # the exported ensembles' device (runtime/device.py), as amf predict
         os.environ["AMF_DEVICE"] = args.device
-    data = load_datasets(args.data, args.split)
+    data = load(args.data, args.split)
     warning = evaluation_warning([s for s in args.runs if not is_exported(s)], data)
     if warning:
         print(warning)

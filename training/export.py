@@ -47,7 +47,7 @@ from runtime.errors import ModelError
 from runtime.version import __version__
 from training.checkpoint import load_pruned, member_names
 from training.cpu_graph import write_cpu_graphs
-from training.data import PatchSet, load_datasets
+from training.data import PatchSet, load
 from training.network import to_input
 from training.quantize import (
     accuracy_guard,
@@ -237,7 +237,7 @@ def _git_commit() -> str | None:
 
 def run(args: argparse.Namespace) -> None:
     """``amf export`` (arguments and their defaults: cli/main.py)."""
-    data = load_datasets(args.data, args.split)
+    data = load(args.data, args.split)
     doc = export_ensemble(args.runs, args.out, data, tta=args.tta, vote=args.vote, mode=args.quantize,
                           method=args.calibration,
                           patches=args.calibration_patches, enforce_guard=not args.no_guard)
