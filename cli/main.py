@@ -157,9 +157,9 @@ def pick(args: argparse.Namespace) -> None:
     check_data(args)
     checks.sources(args.runs, ensembles=False)
     checks.output_folder(args.out)
-    from training import calibrate
+    from training import pick
 
-    calibrate.run_pick(args)
+    pick.run(args)
 
 
 def calibrate_args(p: argparse.ArgumentParser) -> None:
