@@ -311,6 +311,6 @@ def gc_input(tmp_path) -> Path:
 
 @pytest.fixture(scope="module")
 def patches():
-    from training.data import load_patches
+    from training.data import DataSource, load
 
-    return load_patches(AMIBR_FIXTURE / "manifest.csv", "amibr")
+    return load([DataSource(AMIBR_FIXTURE / "manifest.csv")])

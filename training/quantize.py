@@ -232,19 +232,17 @@ def fold_probabilities(model: onnx.ModelProto | str | Path, images: np.ndarray, 
                            for i in progress_range(len(images), batch, label)])
 
 
-def validation_ba(probs: np.ndarray, data: PatchSet, folds: list[dict]) -> list[float | None]:
-    """Per fold (output column), balanced accuracy at its threshold on its own validation part of ``data``
-    (None when the fold names no validation part found in ``data``)."""
+def validation_ba(probs: np.ndarray, data: PatchSet, members: list[dict]) -> list[float | None]:
+    """Per member (output column; its spec entry), balanced accuracy at its threshold on its fold's validation part
+    of ``data`` (None when its fold names no validation part found in ``data``)."""
     scores: list[float | None] = []
-    for column, fold in enumerate(folds):
-        info = fold.get("fold") or {}
-        _, val, _ = Fold(**{**info, "train_domains": tuple(info.get("train_domains", ())),
-                            "val_slides": tuple(info.get("val_slides", ()))}).indices(data.domains, data.slides)
+    for column, member in enumerate(members):
+        _, val, _ = Fold.from_dict(member.get("fold") or {}).indices(data.domains, data.slides)
         labels = data.labels[val].astype(bool)
         if not len(val) or labels.all() or not labels.any():
             scores.append(None)
             continue
-        called = probs[val, column] >= fold.get("threshold", 0.5)
+        called = probs[val, column] >= member.get("threshold", 0.5)
         scores.append(float(balanced_accuracy_score(labels, called)))
     return scores
 

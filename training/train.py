@@ -43,7 +43,7 @@ from runtime.errors import InputError
 from training import curves
 from training.augment import augment, mixup
 from training.checkpoint import init_weights, load_weights_only, save_checkpoint
-from training.data import DataSource, ManifestError, PatchSet, concat, load_sources, select
+from training.data import DataSource, ManifestError, PatchSet, load_every_row
 from training.folds import Fold, make_folds, select_folds
 from training.guard import Guarded, guard, record_training_rows
 from training.heads import DomainHead, ProjectionHead, dann_schedule
@@ -437,8 +437,8 @@ ACCELERATORS = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}  # amf's --device -
 def run(args: argparse.Namespace, recipe: Recipe) -> int:
     """``amf train`` (cli/main.py parses the arguments and builds ``recipe`` with :func:`build_recipe`); the exit
     status: 0, or 1 when a fold trained side by side (``--jobs``) failed."""
-    parts = load_sources(args.data)
-    data, chosen = select(parts, args.split)
+    everything, chosen = load_every_row(args.data, args.split)
+    data = everything.subset(np.flatnonzero(chosen))
     domains = ", ".join(sorted(set(map(str, data.domains))))
     print(f"{len(data)} patches, {int(data.labels.sum())} atypical, domains {domains}; "
           f"{torch.get_num_threads()} CPU threads")
@@ -451,8 +451,8 @@ def run(args: argparse.Namespace, recipe: Recipe) -> int:
             print(f"[{fold.name}] finished earlier, skipped")
         folds = [f for f in folds if not (args.out / f.name / WEIGHTS_FILE).is_file()]
     guarded = Guarded(data)
-    if len(parts) > 1:  # figures two datasets share: refused unless dropped or allowed
-        guarded = guard(concat(parts), chosen, folds, drop=args.drop_overlap, allow=args.allow_overlap)
+    if len(args.data) > 1:  # figures two datasets share: refused unless dropped or allowed
+        guarded = guard(everything, chosen, folds, drop=args.drop_overlap, allow=args.allow_overlap)
         data = guarded.data
     masks = None
     if has_decoders(recipe.network) and folds:
