@@ -238,11 +238,14 @@ def export_args(p: argparse.ArgumentParser) -> None:
     q.add_argument("--calibration-patches", type=positive_int, default=EXPORT_CALIBRATION_PATCHES, metavar="N",
                    help=f"static calibration sample size (default {EXPORT_CALIBRATION_PATCHES})")
     q.add_argument("--no-guard", action="store_true", help="write the graph even when the accuracy guard fails")
+    p.add_argument("--finished-only", action="store_true", help="export a run's finished folds and name the ones "
+                   "without their model (default: such a fold is refused, exit 4)")
 
 
 def export(args: argparse.Namespace) -> None:
     check_data(args)
     checks.sources(args.runs, ensembles=True, distinct=True)
+    checks.finished(args.runs, finished_only=args.finished_only)
     checks.output_folder(args.out)
     from training import export
 

@@ -7,6 +7,8 @@ validation figures at the selected epoch. Loading never unpickles anything.
 from __future__ import annotations
 
 import json
+import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -76,3 +78,21 @@ def member_names(folders: list[Path]) -> list[str]:
 def load_weights_only(path: str | Path) -> dict:
     """A Lightning/PyTorch checkpoint read with ``weights_only=True``: tensors and plain containers only."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def check_resumable(path: str | Path) -> None:
+    """A Lightning checkpoint that ``amf train --resume`` can continue from: a whole zip archive (every member's
+    CRC checked) that torch reads with ``weights_only``, holding the weights and the epoch. Otherwise a ModelError
+    naming it (exit 4); nothing is read into the model and nothing is changed."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            broken = archive.testzip()
+        if broken is not None:
+            raise ValueError(f"{broken} fails its CRC check")
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        missing = [key for key in ("state_dict", "epoch") if key not in state]
+        if missing:
+            raise ValueError(f"no {' or '.join(missing)} in it")
+    except (OSError, EOFError, RuntimeError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
+        raise ModelError(f"{path}: corrupt or truncated checkpoint ({' '.join(str(exc).split())[:200]}); --resume "
+                         "cannot continue from it (remove it to train this fold from the start)") from None
