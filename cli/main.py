@@ -99,7 +99,8 @@ def train_args(p: argparse.ArgumentParser) -> None:
     f.add_argument("--masks", type=Path, metavar="DIR",
                    help="folder of masks made elsewhere (default: the built-in generator)")
     f.add_argument("--cache", type=Path, default=Path("cache"), metavar="DIR", help="mask cache folder (default cache)")
-    o = p.add_argument_group("figures two datasets share (training/overlap.py; refused by default, exit 2)")
+    o = p.add_argument_group("figures shown twice across a held-out part, within a dataset or across two "
+                             "(training/overlap.py; refused by default, exit 2)")
     o = o.add_mutually_exclusive_group()
     o.add_argument("--drop-overlap", action="store_true", help="drop the training rows that show a figure held out "
                    "by --split or by a fold's validation (or test) part")
@@ -338,10 +339,11 @@ def curves(args: argparse.Namespace) -> None:
 
 COMMANDS: dict[str, tuple[Callable, Callable, str, str]] = {
     # name: (arguments, implementation, one-line help, description)
-    "data": (data_args, data, "what the data options select, per dataset and domain, and the figures datasets share",
+    "data": (data_args, data, "what the data options select, per dataset and domain, and the figures shown twice",
              "Per dataset and domain: rows, atypical, slides, votes known, patches cropped or padded to 128x128; "
-             "then the figures found in two datasets (same slide and position within 8 px, or the same pixels at "
-             "the centre). --out DIR writes DIR/data.json."),
+             "then the figures found twice, within a dataset or across two (same slide and position within 8 px, "
+             "or the same pixels at the centre), and the search's time. Rows repeated exactly are dropped with a "
+             "count. --out DIR writes DIR/data.json."),
     "train": (train_args, train, "cross-validated training of a recipe (Lightning)",
               "Train every fold of a recipe (leave one domain out, or slide-grouped k-fold); seed 001's multi-task "
               "network by default. Each fold writes <out>/<fold>/: Lightning checkpoints every epoch, metrics.csv, "

@@ -9,10 +9,11 @@ when the fold finishes, ``model.safetensors`` + ``config.json`` (see checkpoint.
 ``--set weight_averaging=ema`` the averaged weights are validated too (``val_avg/*``) and selection picks
 the better of raw and averaged each epoch (``select/score``, ``select/ema``; ``selected_weights`` in config.json).
 The run folder's ``curves.png`` (curves.py, ``amf curves``) is redrawn as each fold finishes.
-Several datasets (the data options repeated): before any training the overlap guard (guard.py) refuses a figure
-held out of one dataset, by ``--split`` or by a fold, that another brings into training (``--drop-overlap``,
-``--allow-overlap``); the run folder records the rows it trains on (``training-rows.csv``,
-``training-fingerprints.npy``) for ``amf evaluate``'s warning.
+Before any training the overlap guard (guard.py) refuses a figure held out, by ``--split`` or by a fold, that comes
+back into training from its own dataset or another (``--drop-overlap``, ``--allow-overlap``), and the pre-flight
+(preflight.py) refuses a run that cannot start, before anything is written; the run folder records the rows it
+trains on (``training-rows.csv``, ``training-fingerprints.npy``) for ``amf evaluate``'s warning. A fold's folder is
+its name made safe for file systems (run_files.py: ``val-amibr:tupac16`` -> ``val-amibr_tupac16``).
 ``--resume`` skips finished folds and continues an interrupted one from ``ckpt/last.ckpt``. ``--init RUN``
 starts each fold from the same fold's weights in an earlier run (continued training or fine-tuning).
 CPU runs use channels_last and bf16 autocast where the CPU has native bf16 (else fp32: :func:`default_precision`);

@@ -223,3 +223,20 @@ def test_a_row_given_twice_is_dropped_with_a_count_and_a_conflicting_one_refused
     manifest = one_dataset(tmp_path, ",".join(first))
     assert cli.main(["data", "--manifest", str(manifest)]) == 2
     assert "line 22: " in capsys.readouterr().err
+
+
+def test_an_export_carries_its_runs_training_rows_so_evaluating_it_warns(parts, tmp_path):
+    from training.guard import carry_training_rows
+
+    data, _ = select(parts, "train")
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run in runs:  # two runs of the same rows (members of one ensemble): each row once in the export
+        (run / "val-x").mkdir(parents=True)
+        record_training_rows(run, data)
+    export = tmp_path / "weights"
+    export.mkdir()
+    assert carry_training_rows([runs[0] / "val-x", runs[1]], export) == len(data)
+    assert np.load(export / TRAINING_PRINTS).shape == (len(data), 40, 40)
+    assert evaluation_warning([export], data) == evaluation_warning([runs[0]], data) is not None
+    assert carry_training_rows([tmp_path / "unrecorded"], export) == 0  # a stale record is not left behind
+    assert not (export / TRAINING_ROWS).exists() and evaluation_warning([export], data) is None
