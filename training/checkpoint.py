@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -62,6 +62,25 @@ def init_weights(net: nn.Module, path: str | Path) -> list[str]:
     if result.unexpected_keys:
         raise ValueError(f"{file}: tensors the network does not have, e.g. {result.unexpected_keys[:3]}")
     return list(result.missing_keys)
+
+
+def init_mismatch(net: nn.Module, path: str | Path) -> str | None:
+    """Why :func:`init_weights` would refuse ``path`` for ``net`` (a tensor the network does not have, or one of
+    another shape, or a file that is no safetensors file), read from the file's header; None when it fits."""
+    path = Path(path)
+    file = path / WEIGHTS_FILE if path.is_dir() else path
+    own = net.state_dict()
+    try:
+        with safe_open(file, framework="pt") as weights:
+            for key in weights.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                if key not in own:
+                    return f"{file}: tensors the network does not have, e.g. {key}"
+                shape = tuple(weights.get_slice(key).get_shape())
+                if shape != tuple(own[key].shape):
+                    return f"{file}: {key} is {list(shape)}, the network's is {list(own[key].shape)}"
+    except (OSError, SafetensorError) as exc:
+        return f"{file}: not a weights file ({' '.join(str(exc).split())[:200]})"
+    return None
 
 
 def load_pruned(folder: str | Path) -> tuple[nn.Module, dict]:

@@ -3,21 +3,24 @@ written: a run that cannot start says why in one line and leaves ``--out`` as it
 
 Per fold to train: a training and a validation part (selection needs one), at least one batch of training rows
 (the loaders drop an incomplete batch: fewer rows would give no training step at all), a folder name of its own
-(names are made safe for file systems: two folds must not share one), ``--init``'s weights for it, and with
+(names are made safe for file systems: two folds must not share one), ``--init``'s weights for it (tensors the
+network has, of its shapes: read from the file's header against the recipe's network, built once), and with
 ``--resume`` a ``ckpt/last.ckpt`` that can be continued from (a corrupt or truncated one is a ModelError, exit 4,
 before the fold's files are touched).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from runtime.errors import InputError
-from training.checkpoint import check_resumable
+from training.checkpoint import check_resumable, init_mismatch
 from training.data import ManifestError, PatchSet
 from training.folds import Fold
+from training.network import build_network
 from training.recipe import Recipe
 from training.run_files import CHECKPOINT_FOLDER, LAST_CHECKPOINT, fold_folder, fold_weights
 
@@ -38,6 +41,7 @@ def check_run(folds: list[Fold], data: PatchSet, recipe: Recipe, exclude: dict[s
               resume: bool = False, init: Path | None = None) -> None:
     """Everything of the module docstring, for ``folds`` (the folds still to train); raises the first problem."""
     folders: dict[Path, str] = {}
+    net = None  # the recipe's network, built once for --init's check
     for fold in folds:
         train, _ = fold_rows(fold, data, exclude.get(fold.name))
         if len(train) < recipe.batch_size:
@@ -49,8 +53,11 @@ def check_run(folds: list[Fold], data: PatchSet, recipe: Recipe, exclude: dict[s
             raise InputError(f"folds {folders[folder]} and {fold.name} would share the folder {folder}: rename a "
                              "domain")
         folders[folder] = fold.name
-        if init is not None:
-            fold_weights(init, fold.name)
         last = folder / CHECKPOINT_FOLDER / LAST_CHECKPOINT
         if resume and last.is_file():
             check_resumable(last)
+        elif init is not None:  # (a resumed fold continues from its checkpoint, not from --init)
+            net = net or build_network(replace(recipe.network, pretrained=False), train=True)
+            problem = init_mismatch(net, fold_weights(init, fold.name))
+            if problem:
+                raise InputError(f"--init {problem}")

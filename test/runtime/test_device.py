@@ -132,3 +132,10 @@ def test_cuda_that_cannot_start_leaves_the_cpu_graphs_to_the_cpu(monkeypatch):
     ens = Ensemble(ROOT / "weights")
     assert (ens.provider, ens.layout, ens.device_note) == (device.CPU, "4 fold graphs", "no NVIDIA driver")
     assert ens.predict(real_pages(2)).fold_probs.shape == (2, 4)
+
+
+def test_sessions_keep_no_cpu_memory_arena():
+    """Without an arena a session returns a batch's activations after the run: amf predict's fold workers stay
+    bounded by one batch of one graph (the figures: bench/peak_memory.py, README's Performance)."""
+    options = device.session_options(device.load_onnxruntime(), 1)
+    assert options.enable_cpu_mem_arena is False and options.intra_op_num_threads == 1

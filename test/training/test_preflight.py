@@ -117,3 +117,16 @@ def test_fold_folders_have_safe_names_and_earlier_runs_still_read(tmp_path):
     (earlier / "model.safetensors").write_bytes(b"weights")
     assert run_files.fold_folder(tmp_path, "val-amibr:tupac16") == earlier
     assert run_files.fold_weights(tmp_path, "val-amibr:tupac16") == earlier / "model.safetensors"
+
+
+def test_init_weights_that_do_not_fit_the_network_are_refused_before_anything_is_written(tmp_path, capsys,
+                                                                                           no_training):
+    from safetensors.torch import save_file
+
+    save_file({"encoder.stem.conv.weight": torch.zeros(3, 3)}, tmp_path / "other.safetensors")
+    out = tmp_path / "run"
+    assert amf([*TRAIN, "--out", str(out), "--batch-size", "4", "--init", str(tmp_path / "other.safetensors"),
+                "--cache", str(tmp_path / "cache")]) == EXIT_INPUT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("amf train: error: --init ") and "other.safetensors" in err, err
+    assert not out.exists()
