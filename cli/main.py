@@ -100,7 +100,8 @@ def train_args(p: argparse.ArgumentParser) -> None:
     f.add_argument("--masks", type=Path, metavar="DIR",
                    help="folder of masks made elsewhere (default: the built-in generator)")
     f.add_argument("--cache", type=Path, default=Path("cache"), metavar="DIR", help="mask cache folder (default cache)")
-    o = p.add_argument_group("figures two datasets share (training/overlap.py; refused by default, exit 2)")
+    o = p.add_argument_group("figures shown twice across a held-out part, within a dataset or across two "
+                             "(training/overlap.py; refused by default, exit 2)")
     o = o.add_mutually_exclusive_group()
     o.add_argument("--drop-overlap", action="store_true", help="drop the training rows that show a figure held out "
                    "by --split or by a fold's validation (or test) part")
@@ -239,11 +240,14 @@ def export_args(p: argparse.ArgumentParser) -> None:
     q.add_argument("--calibration-patches", type=positive_int, default=EXPORT_CALIBRATION_PATCHES, metavar="N",
                    help=f"static calibration sample size (default {EXPORT_CALIBRATION_PATCHES})")
     q.add_argument("--no-guard", action="store_true", help="write the graph even when the accuracy guard fails")
+    p.add_argument("--finished-only", action="store_true", help="export a run's finished folds and name the ones "
+                   "without their model (default: such a fold is refused, exit 4)")
 
 
 def export(args: argparse.Namespace) -> None:
     check_data(args)
     checks.sources(args.runs, ensembles=True, distinct=True)
+    checks.finished(args.runs, finished_only=args.finished_only)
     checks.output_folder(args.out)
     from training import export
 
@@ -337,10 +341,11 @@ def curves(args: argparse.Namespace) -> None:
 
 COMMANDS: dict[str, tuple[Callable, Callable, str, str]] = {
     # name: (arguments, implementation, one-line help, description)
-    "data": (data_args, data, "what the data options select, per dataset and domain, and the figures datasets share",
+    "data": (data_args, data, "what the data options select, per dataset and domain, and the figures shown twice",
              "Per dataset and domain: rows, atypical, slides, votes known, patches cropped or padded to 128x128; "
-             "then the figures found in two datasets (same slide and position within 8 px, or the same pixels at "
-             "the centre). --out DIR writes DIR/data.json."),
+             "then the figures found twice, within a dataset or across two (same slide and position within 8 px, "
+             "or the same pixels at the centre), and the search's time. Rows repeated exactly are dropped with a "
+             "count. --out DIR writes DIR/data.json."),
     "train": (train_args, train, "cross-validated training of a recipe (Lightning)",
               "Train every fold of a recipe (leave one domain out, or slide-grouped k-fold); seed 001's multi-task "
               "network by default. Each fold writes <out>/<fold>/: Lightning checkpoints every epoch, metrics.csv, "

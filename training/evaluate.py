@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> None:
     if args.device in ("cpu", "cuda"):  # the exported ensembles' device (runtime/device.py), as amf predict
         os.environ["AMF_DEVICE"] = args.device
     data = load(args.data, args.split)
-    warning = evaluation_warning([s for s in args.runs if not is_exported(s)], data)
+    warning = evaluation_warning(args.runs, data)
     if warning:
         print(warning)
     scored = score_sources(args.runs, data.images, args.tta, args.batch_size, args.device, args.vote)

@@ -167,6 +167,12 @@ def test_cli_trains_all_folds_resumes_evaluates_and_exports(tmp_path, capsys):
     for n in (1, 5):  # dynamic batch
         prob = session.run(["prob"], {"image": np.zeros((n, 128, 128, 3), np.uint8)})[0]
         assert prob.shape == (n, 4) and np.all((prob >= 0) & (prob <= 1))
+    # the export carries the run's record of its training rows: amf evaluate of the export alone warns as for the run
+    assert amf(["evaluate", str(tmp_path / "weights"), "--manifest", str(AMIBR_FIXTURE / "manifest.csv"),
+                "--bootstrap", "0", "--out", str(tmp_path / "export-report")]) == 0
+    warning = json.loads((tmp_path / "export-report" / "report.json").read_text())["warning"]
+    assert warning.startswith("warning: 16 of 16 evaluation rows are rows the run trained on")
+    assert "16 same row" in warning
     # the exported graph reproduces the evaluation's fp32 probabilities
     images = load([DataSource(AMIBR_FIXTURE / "manifest.csv")]).images
     ref = evaluate.score_checkpoints([out], images).results()
