@@ -11,7 +11,7 @@ from conftest import real_pages, save_stack, write_tiff
 from PIL import Image
 
 from runtime import predict
-from training.data import ManifestError, load_patches
+from training.data import DataSource, ManifestError, load
 
 
 def gray3(page: np.ndarray) -> np.ndarray:
@@ -75,7 +75,7 @@ def test_training_reads_every_image_kind_as_inference_does(tmp_path):
     for name, (write, pixels) in kinds(tmp_path).items():
         write(root / "atypical" / name)
         expected[name] = pixels
-    data = load_patches(root, "folders")
+    data = load([DataSource(root, "folders")])
     assert sorted(map(lambda p: p.rsplit("/", 1)[-1], data.paths)) == sorted(expected)
     for path, image in zip(data.paths, data.images):
         name = path.rsplit("/", 1)[-1]
@@ -92,7 +92,7 @@ def test_a_stack_of_several_pages_is_not_one_patch(tmp_path):
     save_stack(tmp_path / "two.tif", real_pages(2))
     manifest.write_text("file,label,domain,split,votes_atypical,slide,x,y\ntwo.tif,atypical,d,train,3,s,1,2\n")
     with pytest.raises(ManifestError, match=r"line 2: .*two.tif: 2 pages, expected one patch"):
-        load_patches(manifest)
+        load([DataSource(manifest)])
 
 
 def test_a_gray_and_alpha_png_is_refused_by_training_as_by_inference(tmp_path):
@@ -103,5 +103,5 @@ def test_a_gray_and_alpha_png_is_refused_by_training_as_by_inference(tmp_path):
     with pytest.raises(predict.InputError) as inference:
         list(predict.pages_of([path]))
     with pytest.raises(ManifestError) as training:
-        load_patches(tmp_path / "set", "folders")
+        load([DataSource(tmp_path / "set", "folders")])
     assert str(inference.value) in str(training.value)
