@@ -31,6 +31,7 @@ from PIL import Image
 from runtime.contract import PATCH_SIZE
 from runtime.errors import InputError
 from runtime.stack import fit_size
+from training.choices import AMIBR, CSV_FORMAT, MIDOG25
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
@@ -59,13 +60,12 @@ class ManifestFormat:
 
 
 FORMATS: dict[str, ManifestFormat] = {
-    "amibr": ManifestFormat("file", "label", "domain", "split", "votes_atypical", "slide", votes_scale=3.0,
+    AMIBR: ManifestFormat("file", "label", "domain", "split", "votes_atypical", "slide", votes_scale=3.0,
                             x_column="x", y_column="y"),
-    "midog25": ManifestFormat("image_id", "majority", "Tumor", slide_column="filename", default_suffix=".png",
+    MIDOG25: ManifestFormat("image_id", "majority", "Tumor", slide_column="filename", default_suffix=".png",
                               x_column="coordinateX", y_column="coordinateY",
                               expert_columns=("expert1", "expert2", "expert3")),
 }
-CSV_FORMAT = "csv"  # --format csv: the columns named by --columns
 CSV_KEYS = {"path": "path_column", "label": "label_column", "domain": "domain_column", "split": "split_column",
             "votes": "votes_column", "slide": "slide_column", "x": "x_column", "y": "y_column"}
 
