@@ -430,7 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.implementation(args) or 0
     except ModuleNotFoundError as exc:
-        missing = checks.train_package_of((exc.name or "").partition(".")[0])
+        # a module of the train extra, or any import while one of its packages is missing (not installed, its
+        # modules cannot be named)
+        missing = checks.train_package_of((exc.name or "").partition(".")[0]) or checks.missing_train_package()
         if missing is None:
             raise
         error: AmfError = checks.needs_train_extra(missing)

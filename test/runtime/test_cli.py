@@ -137,3 +137,25 @@ def test_predict_runs_without_the_training_side(tmp_path, tiny_weights):
     assert proc.returncode == 0, proc.stderr
     assert "CPUExecutionProvider" in proc.stderr and "CUDA not used" not in proc.stderr
     assert len((tmp_path / "p.csv").read_text().splitlines()) == 17
+
+
+def test_an_import_error_mid_command_names_the_train_extra_only_when_it_is_incomplete(monkeypatch, capsys):
+    from cli import checks
+    from cli import main as cli
+
+    def needs(module: str):
+        def implementation(args):
+            raise ModuleNotFoundError(f"No module named {module!r}", name=module)
+        return implementation
+
+    arguments, _, summary, description = cli.COMMANDS["curves"]
+    monkeypatch.setitem(cli.COMMANDS, "curves", (arguments, needs("onnxscript"), summary, description))
+    assert cli.main(["curves", "run"]) == 2  # a module of the extra (named by its package where installed)
+    err = capsys.readouterr().err
+    assert err.startswith("amf curves: error: needs the train extra (") and err.endswith("pip install -e '.[train]'\n")
+    monkeypatch.setitem(cli.COMMANDS, "curves", (arguments, needs("nosuchmodule"), summary, description))
+    monkeypatch.setattr(checks, "missing_train_package", lambda: "torch")  # the extra is incomplete
+    assert cli.main(["curves", "run"]) == 2 and "needs the train extra (torch" in capsys.readouterr().err
+    monkeypatch.setattr(checks, "missing_train_package", lambda: None)  # complete: a bug, with its traceback
+    with pytest.raises(ModuleNotFoundError, match="nosuchmodule"):
+        cli.main(["curves", "run"])
