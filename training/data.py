@@ -35,6 +35,7 @@ import numpy as np
 from runtime.contract import PATCH_SIZE
 from runtime.errors import InputError
 from runtime.stack import PATCH_SUFFIXES, SUFFIXES, fit_size, read_image
+from training.choices import AMIBR, CSV_FORMAT, FOLDERS, MIDOG25
 
 IMAGE_SUFFIXES = PATCH_SUFFIXES + SUFFIXES  # the class folders' images: what the runtime reads
 
@@ -63,14 +64,12 @@ class ManifestFormat:
 
 
 FORMATS: dict[str, ManifestFormat] = {
-    "amibr": ManifestFormat("file", "label", "domain", "split", "votes_atypical", "slide", votes_scale=3.0,
+    AMIBR: ManifestFormat("file", "label", "domain", "split", "votes_atypical", "slide", votes_scale=3.0,
                             x_column="x", y_column="y"),
-    "midog25": ManifestFormat("image_id", "majority", "Tumor", slide_column="filename", default_suffix=".png",
+    MIDOG25: ManifestFormat("image_id", "majority", "Tumor", slide_column="filename", default_suffix=".png",
                               x_column="coordinateX", y_column="coordinateY",
                               expert_columns=("expert1", "expert2", "expert3")),
 }
-CSV_FORMAT = "csv"  # --format csv: the columns named by --columns
-FOLDERS = "folders"  # --format folders: ROOT/[domain/]class/*.png, no manifest
 CSV_KEYS = {"path": "path_column", "label": "label_column", "domain": "domain_column", "split": "split_column",
             "votes": "votes_column", "slide": "slide_column", "x": "x_column", "y": "y_column"}
 

@@ -46,6 +46,7 @@ from runtime.contract import (
 from runtime.errors import ModelError
 from runtime.version import __version__
 from training.checkpoint import load_pruned, member_names
+from training.choices import CALIBRATION_METHOD, CALIBRATION_PATCHES
 from training.cpu_graph import write_cpu_graphs
 from training.data import PatchSet, load
 from training.guard import carry_training_rows
@@ -62,7 +63,7 @@ from training.run_files import find_fold_checkpoints
 
 OPSET = 18
 CPU_GRAPH_CHECK = 272  # the last patches of the guard's run (16 random pages among them), scored by both
-CALIBRATION_PATCHES, CALIBRATION_METHOD, CALIBRATION_SEED = 256, "minmax", 0  # chosen on validation: README
+CALIBRATION_SEED = 0
 
 
 class EnsembleGraph(nn.Module):

@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from training import curves
 from training.augment import augment, mixup
 from training.checkpoint import init_weights, load_weights_only, save_checkpoint
+from training.choices import ACCELERATORS
 from training.data import DataSource, PatchSet, load_every_row
 from training.folds import Fold, make_folds, select_folds
 from training.guard import guard, record_training_rows
@@ -427,7 +428,6 @@ def build_recipe(args: argparse.Namespace) -> Recipe:
     return recipe
 
 
-ACCELERATORS = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}  # amf's --device -> Lightning's accelerator
 
 
 def run(args: argparse.Namespace, recipe: Recipe) -> int:
