@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 from collections.abc import Callable
 from importlib.util import find_spec
@@ -95,6 +96,9 @@ def train_args(p: argparse.ArgumentParser) -> None:
     f = p.add_argument_group("folds and masks")
     f.add_argument("--folds", metavar="NAMES",
                    help="comma-separated fold names or validation domains to run (default: all)")
+    f.add_argument("--fold-index", type=non_negative_int, metavar="I",
+                   help="train only the I-th fold (from 0, in run order; after --folds): one fold per SLURM array "
+                        "task, --fold-index $SLURM_ARRAY_TASK_ID (docs/cluster.md)")
     f.add_argument("--hold-out-test", action="store_true", help="LODO: each fold also holds the next domain out")
     f.add_argument("--masks", type=Path, metavar="DIR",
                    help="folder of masks made elsewhere (default: the built-in generator)")
@@ -111,7 +115,9 @@ def train_args(p: argparse.ArgumentParser) -> None:
                    "earlier run (or one fold folder / .safetensors file); tensors it lacks, e.g. decoders, start fresh")
     add_device(x, "Lightning's accelerator: auto | cpu | cuda (gpu)")
     x.add_argument("--devices", default="auto", help="how many devices (or which), Lightning's devices; several "
-                   "GPUs train with DDP (default auto)")
+                   "GPUs train with DDP (default auto); under srun, the tasks per node")
+    x.add_argument("--num-nodes", type=positive_int, default=1, metavar="N",
+                   help="nodes of one DDP job (srun --nodes; docs/cluster.md) (default 1)")
     x.add_argument("--precision", help="Lightning precision (default bf16-mixed on GPUs and on CPUs with native bf16, "
                    "e.g. AVX-512 BF16; else 32-true)")
     x.add_argument("--jobs", type=positive_int, default=1, metavar="N",
@@ -126,6 +132,11 @@ def train_args(p: argparse.ArgumentParser) -> None:
 
 def train(args: argparse.Namespace) -> int:
     check_data(args)
+    if args.jobs > 1 and args.fold_index is not None:
+        raise InputError("--jobs: trains several folds side by side, and --fold-index picks one: give one of them")
+    if args.num_nodes > 1 and not {"SLURM_JOB_ID", "WORLD_SIZE"} & set(os.environ):
+        raise InputError(f"--num-nodes {args.num_nodes}: nodes join one model when srun (SLURM) or torchrun starts "
+                         "the processes (docs/cluster.md)")
     if args.pretrained not in (None, "hub"):
         checks.existing(Path(args.pretrained), "--pretrained", "a local weights file, or 'hub' for timm's weights")
     checks.existing(args.init, "--init", "an earlier run folder, one fold folder or a .safetensors file")

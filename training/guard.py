@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from training import overlap
 from training.data import PatchSet
 from training.folds import Fold
 from training.run_files import TRAINING_PRINTS, TRAINING_ROWS
+from training.run_lock import write_once
 
 EXAMPLES = 3  # examples in a refusal or a warning
 ROW_FIELDS = ("dataset", "path", "slide", "x", "y")
@@ -96,8 +96,8 @@ def guard(everything: PatchSet, chosen: np.ndarray, folds: list[Fold], *, drop: 
 
 def record_training_rows(folder: Path, data: PatchSet) -> None:
     """``folder/training-rows.csv`` (dataset, path, slide, x, y) and ``folder/training-fingerprints.npy``: the
-    rows a run trains on, for :func:`evaluation_warning`. Each file is written whole, then renamed: ``--jobs``
-    children write the same files at once."""
+    rows a run trains on, for :func:`evaluation_warning`. Written once (run_lock.py): ``--jobs`` children and
+    SLURM array tasks write the same files at once, and other rows in the same run folder are refused."""
     positions = data.positions if data.positions is not None else np.full((len(data), 2), np.nan)
     rows = io.StringIO()
     writer = csv.writer(rows)
@@ -107,10 +107,8 @@ def record_training_rows(folder: Path, data: PatchSet) -> None:
                          *("" if np.isnan(v) else f"{v:g}" for v in positions[i])])
     prints = io.BytesIO()
     np.save(prints, overlap.fingerprints(data.images))
-    for name, content in ((TRAINING_ROWS, rows.getvalue().encode()), (TRAINING_PRINTS, prints.getvalue())):
-        partial = folder / f".{name}.{os.getpid()}"
-        partial.write_bytes(content)
-        partial.replace(folder / name)
+    write_once(folder / TRAINING_ROWS, rows.getvalue().encode())
+    write_once(folder / TRAINING_PRINTS, prints.getvalue())
 
 
 def _dataset(data: PatchSet, i: int) -> str:

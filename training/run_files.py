@@ -1,6 +1,11 @@
-"""The files of a run folder and of its fold folders, named once, and where the finished folds are (torch-free:
-``amf curves`` reads them fast, and ``amf`` checks its sources with them before torch loads)."""
+"""The files of a run folder and of its fold folders, named once, where the finished folds are, and how a file is
+written whole (torch-free: ``amf curves`` reads them fast, and ``amf`` checks its sources with them before torch
+loads)."""
 
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from runtime.errors import InputError
@@ -26,3 +31,21 @@ def find_fold_checkpoints(run: str | Path, expected: str = RUN_SOURCE) -> list[P
         problem = "no fold checkpoints in it or its sub-folders" if run.is_dir() else "no such folder"
         raise InputError(f"{run}: {problem}; expected {expected}")
     return folds
+
+
+def write_atomically(path: Path, content: bytes) -> None:
+    """Write ``path`` whole under a temporary name beside it, then rename it into place."""
+    with atomic_path(path) as partial:
+        partial.write_bytes(content)
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` for a writer to fill; renamed to ``path`` when the block ends without an
+    error, removed otherwise."""
+    partial = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.partial")
+    try:
+        yield partial
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
