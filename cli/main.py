@@ -47,7 +47,7 @@ from runtime.version import __version__
 
 # top-level modules of the `train` extra (pyproject.toml); a command that misses one names the extra
 TRAIN_EXTRA = frozenset({"torch", "torchvision", "timm", "lightning", "safetensors", "skimage", "sklearn", "scipy",
-                         "matplotlib", "PIL", "onnx", "onnxscript", "peft"})
+                         "matplotlib", "PIL", "onnx", "onnxscript", "peft", "filelock"})
 EXPORT_CALIBRATION, EXPORT_CALIBRATION_PATCHES = "minmax", 256  # training/export.py's defaults (chosen on validation)
 INFERENCE_BATCH = 64  # PyTorch inference batch of evaluate, calibrate and pick
 FULL_OR_READ_ONLY = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # an OSError of these mid-work: an output error
