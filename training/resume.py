@@ -115,7 +115,7 @@ class ExactResume(Callback):
         order, done = state["order"], state["indices_done"]
         self.order.generator_after = state["generator"]
         full = len(order) - len(order) % self.batch_size if self.loader.drop_last else len(order)
-        if self.one_process and 0 < done < full:  # stopped inside an epoch: the loader replays the rest of its order
+        if self.one_process and done < full:  # stopped inside an epoch (or before its first batch): the rest of it
             self.order.replay = (order, done, state)
             self.saved_sums = state.get("epoch_sums", {})
         else:  # stopped at an epoch's end: the next epoch draws on from where that one left the generators

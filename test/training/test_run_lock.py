@@ -156,12 +156,12 @@ def test_several_nodes_outside_srun_or_torchrun_are_refused(tmp_path, capsys, mo
 SMALL = NetworkConfig(backbone="resnetv2_18", head_hidden=(32, 16), decoder_channels=(32, 16, 8))
 
 
-@pytest.mark.parametrize("setting", [
-    {},  # the default: shuffled batches, augmentation on (torch's generator)
-    {"sampling": "domain-aware", "weight_averaging": "ema"},  # the sampler's losses, the average
-])
-def test_a_fold_stopped_by_a_signal_inside_an_epoch_resumes_to_the_same_weights_and_metrics(tmp_path, monkeypatch,
-                                                                                            setting, capsys):
+@pytest.mark.parametrize(("setting", "step"), [
+    ({}, 4),  # the default: shuffled batches, augmentation on; stopped inside epoch 2 (3 steps an epoch)
+    ({"sampling": "domain-aware", "weight_averaging": "ema"}, 2),  # the sampler's losses, the average; stopped at
+])  # the last step of epoch 1, so after its validation
+def test_a_fold_stopped_by_a_signal_resumes_to_the_same_weights_and_metrics(tmp_path, monkeypatch, setting, step,
+                                                                          capsys):
     data = load_patches(AMIBR_FIXTURE / "manifest.csv", "amibr")
     masks = generate_masks(data.images)
     recipe = replace(Recipe(epochs=3, batch_size=4, lr=1e-3, seed=5, network=SMALL, augment=AugmentConfig()),
@@ -172,8 +172,8 @@ def test_a_fold_stopped_by_a_signal_inside_an_epoch_resumes_to_the_same_weights_
 
     step = train.MitosisTask.training_step
 
-    def signalled(self, batch, batch_idx):  # SIGTERM (as scontrol requeue sends it) during the 5th step
-        if self.global_step == 4:
+    def signalled(self, batch, batch_idx):  # SIGTERM (as scontrol requeue sends it) during that step
+        if self.global_step == step:
             os.kill(os.getpid(), signal.SIGTERM)
         return step(self, batch, batch_idx)
 
@@ -181,7 +181,7 @@ def test_a_fold_stopped_by_a_signal_inside_an_epoch_resumes_to_the_same_weights_
     with pytest.raises(SystemExit) as stop:
         train.train_fold(fold, data, masks, recipe, tmp_path / "stopped", options)
     assert stop.value.code == 128 + signal.SIGTERM
-    assert "SIGTERM: saved" in capsys.readouterr().out
+    assert ("SIGTERM: saved" if step == 4 else "SIGTERM: stopped after epoch 1") in capsys.readouterr().out
     monkeypatch.setattr(train.MitosisTask, "training_step", step)
     resumed = train.train_fold(fold, data, masks, recipe, tmp_path / "stopped", replace(options, resume=True))
 
