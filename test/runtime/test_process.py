@@ -183,6 +183,12 @@ def test_runs_as_grand_challenge_does_read_only_input_no_network(gc_input, tiny_
     assert not any(out.iterdir())
 
 
+def can_keep_dac_read_search(status: Path = Path("/proc/self/status")) -> bool:
+    """Whether CAP_DAC_READ_SEARCH (capability 2) is in this process's bounding set, so that setpriv can pass it on."""
+    bounding = next((line.split()[1] for line in status.read_text().splitlines() if line.startswith("CapBnd:")), "0")
+    return bool(int(bounding, 16) >> 2 & 1)
+
+
 def as_unprivileged_user(command: list[str]) -> list[str]:
     """``command`` as a non-root user: as root, uid/gid 65534 through setpriv, keeping only the right to read
     and search any file (the interpreter may live in root's home), not to write one."""
@@ -190,6 +196,8 @@ def as_unprivileged_user(command: list[str]) -> list[str]:
         return command
     if shutil.which("setpriv") is None:
         pytest.skip("needs setpriv (util-linux) to drop root")
+    if not can_keep_dac_read_search():
+        pytest.skip("root without CAP_DAC_READ_SEARCH in its bounding set (as in a container's default set)")
     return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=+dac_read_search",
             "--ambient-caps=+dac_read_search", *command]
 
