@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from runtime.contract import SPEC_FILE, is_exported
-from runtime.errors import InputError, OutputError
+from runtime.errors import InputError, ModelError, OutputError
 
 ENSEMBLE_SOURCE = f"an exported ensemble folder ({SPEC_FILE}, written by amf export)"
 
@@ -30,6 +30,21 @@ def sources(paths: list[Path], *, ensembles: bool, distinct: bool = False) -> No
                                  f"{RUN_SOURCE}")
         else:
             find_fold_checkpoints(path, expected=takes)
+
+def finished(paths: list[Path], *, finished_only: bool) -> None:
+    """``amf export``: every fold folder of each run has its model; one that lacks it is a ModelError (exit 4) naming
+    them, unless ``finished_only``, which exports the finished folds and prints the ones left out."""
+    from training.run_files import WEIGHTS_FILE, unfinished_folds
+
+    missing = [str(folder) for path in paths if not is_exported(path) for folder in unfinished_folds(path)]
+    if not missing:
+        return
+    if not finished_only:
+        raise ModelError(f"{len(missing)} fold(s) without their model ({WEIGHTS_FILE}): {', '.join(missing)} "
+                         "(unfinished, or its weights lost): amf train --resume finishes them; --finished-only "
+                         "exports the other folds")
+    print(f"--finished-only: {len(missing)} fold(s) left out, without their model: {', '.join(missing)}")
+
 
 def existing(path: Path | None, option: str, what: str, folder: bool = False) -> None:
     """``option``'s ``path``, when given, exists (a folder where ``folder``); ``what`` says what it should be."""

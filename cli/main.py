@@ -4,7 +4,7 @@ Arguments are parsed before anything heavy is imported: torch and the ``training
 command that needs them runs, so ``amf COMMAND --help`` is instant and works in the runtime-only install.
 Each command's implementation is a ``run(args)`` in its module (training/*.py, runtime/predict.py). Arguments
 and paths are checked before the work starts, and before torch loads wherever the check needs no torch (the
-option types, cli/checks.py, ``training.data.check_datasets``). Every problem the user can act on is one of
+option types, cli/checks.py, ``training.data.check``). Every problem the user can act on is one of
 runtime/errors.py's errors, raised where it is found and printed here as one ``amf COMMAND: error: ...`` line
 with its exit code: 2 a bad argument or input (a manifest, a split, a recipe field, a source of the wrong kind,
 a training command without the ``train`` extra), 3 an output that cannot be written (also a full disk), 4 an
@@ -42,6 +42,7 @@ from cli.options import (
     resolve_data,
 )
 from runtime.contract import is_exported
+from runtime.ensemble import default_pages_per_run
 from runtime.errors import AmfError, InputError, OutputError
 from runtime.version import __version__
 
@@ -68,10 +69,10 @@ def check_data(args: argparse.Namespace) -> None:
     missing = next((name for name in sorted(TRAIN_EXTRA) if find_spec(name) is None), None)
     if missing:
         raise ModuleNotFoundError(f"No module named {missing!r}", name=missing)
-    from training.data import check_datasets
+    from training.data import check
 
     resolve_data(args)
-    check_datasets(args.data, args.split)
+    check(args.data, args.split)
 
 
 # ---- the commands: each parses here and imports its implementation only when it runs ----
@@ -103,7 +104,8 @@ def train_args(p: argparse.ArgumentParser) -> None:
     f.add_argument("--masks", type=Path, metavar="DIR",
                    help="folder of masks made elsewhere (default: the built-in generator)")
     f.add_argument("--cache", type=Path, default=Path("cache"), metavar="DIR", help="mask cache folder (default cache)")
-    o = p.add_argument_group("figures two datasets share (training/overlap.py; refused by default, exit 2)")
+    o = p.add_argument_group("figures shown twice across a held-out part, within a dataset or across two "
+                             "(training/overlap.py; refused by default, exit 2)")
     o = o.add_mutually_exclusive_group()
     o.add_argument("--drop-overlap", action="store_true", help="drop the training rows that show a figure held out "
                    "by --split or by a fold's validation (or test) part")
@@ -168,9 +170,9 @@ def pick(args: argparse.Namespace) -> None:
     check_data(args)
     checks.sources(args.runs, ensembles=False)
     checks.output_folder(args.out)
-    from training import calibrate
+    from training import pick
 
-    calibrate.run_pick(args)
+    pick.run(args)
 
 
 def calibrate_args(p: argparse.ArgumentParser) -> None:
@@ -249,11 +251,14 @@ def export_args(p: argparse.ArgumentParser) -> None:
     q.add_argument("--calibration-patches", type=positive_int, default=EXPORT_CALIBRATION_PATCHES, metavar="N",
                    help=f"static calibration sample size (default {EXPORT_CALIBRATION_PATCHES})")
     q.add_argument("--no-guard", action="store_true", help="write the graph even when the accuracy guard fails")
+    p.add_argument("--finished-only", action="store_true", help="export a run's finished folds and name the ones "
+                   "without their model (default: such a fold is refused, exit 4)")
 
 
 def export(args: argparse.Namespace) -> None:
     check_data(args)
     checks.sources(args.runs, ensembles=True, distinct=True)
+    checks.finished(args.runs, finished_only=args.finished_only)
     checks.output_folder(args.out)
     from training import export
 
@@ -266,7 +271,8 @@ def predict_args(p: argparse.ArgumentParser) -> None:
                         "recursively) or CSV manifest (file, image_id, path or filename column)")
     add_out(p, "CSV to write (atomically): source, page, class, confidence, each fold's probability")
     add_weights(p)
-    add_batch_size(p, "patches per inference run", 256)
+    add_batch_size(p, f"patches per inference run (default {default_pages_per_run('none')}; with --tta d4, "
+                      f"{default_pages_per_run('d4')}: 8 views each)", None)
     add_tta(p, "override the ensemble spec's test-time augmentation", default=None)
     add_vote(p, "override the ensemble spec's vote", default=None)
     add_device(p, "where onnxruntime runs (default: $AMF_DEVICE, else auto: CUDA when a GPU is visible)", default=None)
@@ -346,10 +352,11 @@ def curves(args: argparse.Namespace) -> None:
 
 COMMANDS: dict[str, tuple[Callable, Callable, str, str]] = {
     # name: (arguments, implementation, one-line help, description)
-    "data": (data_args, data, "what the data options select, per dataset and domain, and the figures datasets share",
+    "data": (data_args, data, "what the data options select, per dataset and domain, and the figures shown twice",
              "Per dataset and domain: rows, atypical, slides, votes known, patches cropped or padded to 128x128; "
-             "then the figures found in two datasets (same slide and position within 8 px, or the same pixels at "
-             "the centre). --out DIR writes DIR/data.json."),
+             "then the figures found twice, within a dataset or across two (same slide and position within 8 px, "
+             "or the same pixels at the centre), and the search's time. Rows repeated exactly are dropped with a "
+             "count. --out DIR writes DIR/data.json."),
     "train": (train_args, train, "cross-validated training of a recipe (Lightning)",
               "Train every fold of a recipe (leave one domain out, or slide-grouped k-fold); seed 001's multi-task "
               "network by default. Each fold writes <out>/<fold>/: Lightning checkpoints every epoch, metrics.csv, "

@@ -1,15 +1,16 @@
 """Predict many patches or stacks in one process with the container's ensemble (local evaluations).
 
-    amf predict PATH [PATH ...] --out predictions.csv [--weights DIR] [--batch-size 256] [--tta MODE] [--device D]
+    amf predict PATH [PATH ...] --out predictions.csv [--weights DIR] [--batch-size N] [--tta MODE] [--device D]
 
 PATH is a stack (``.tif``/``.tiff``/``.mha``: every page, read by the container's rules), a patch image
 (``.png``/``.jpg``/``.jpeg``/``.bmp``), a folder (searched recursively for both), or a CSV manifest (its
 ``file``, ``image_id``, ``path`` or ``filename`` column, relative to the CSV's folder). Patches go through
-the ensemble in batches, with a progress line on stderr (runtime/progress.py: live in a terminal, plain lines in
-a log). Writes one CSV row per patch: source, page, class, confidence (P(atypical) of the ensemble), and each
-fold model's probability, into a temporary file that is renamed into place at the end (no partial CSV). The
-weights are looked up as process.py does (runtime/contract.py: ``default_weights``). Errors: one
-``amf predict: error: ...`` line on stderr and process.py's exit codes (runtime/errors.py): input 2, output 3, model 4.
+the ensemble ``--batch-size`` per inference run (default: runtime/ensemble.py's ``default_pages_per_run``),
+with a progress line on stderr (runtime/progress.py: live in a terminal, plain lines in a log). Writes one CSV
+row per patch: source, page, class, confidence (P(atypical) of the ensemble), and each member's probability,
+into a temporary file that is renamed into place at the end (no partial CSV). The weights are looked up as
+process.py does (runtime/contract.py: ``default_weights``). Errors: one ``amf predict: error: ...`` line on
+stderr and process.py's exit codes (runtime/errors.py): input 2, output 3, model 4.
 """
 
 from __future__ import annotations
@@ -26,30 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.contract import PATCH_SIZE, default_weights
+from runtime.contract import default_weights
 from runtime.ensemble import Ensemble
 from runtime.errors import EXIT_OK, InputError, OutputError
+from runtime.forked import fork_is_safe
 from runtime.progress import Progress
-from runtime.stack import SUFFIXES, fit_size, read_stack, to_uint8
+from runtime.stack import PATCH_SUFFIXES, SUFFIXES, read_image
 
-PATCH_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 PATH_COLUMNS = ("file", "image_id", "path", "filename")
-
-
-def read_patch(path: Path, size: int = PATCH_SIZE) -> np.ndarray:
-    """One patch image -> uint8 [1, size, size, 3] (RGBA: alpha dropped; gray: replicated)."""
-    import SimpleITK as sitk
-
-    try:
-        pixels = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-    except RuntimeError as exc:
-        raise InputError(f"{path}: cannot read the image ({str(exc).strip().splitlines()[-1][:200]})") from None
-    if pixels.ndim == 2:
-        pixels = pixels[..., None]
-    if pixels.ndim != 3 or pixels.shape[2] not in (1, 2, 3, 4):
-        raise InputError(f"{path}: expected a 2-D gray or colour image, got array shape {pixels.shape}")
-    rgb = np.repeat(pixels[..., :1], 3, axis=2) if pixels.shape[2] <= 2 else pixels[..., :3]
-    return fit_size(to_uint8(rgb[None]), size)
 
 
 def expand(paths: list[Path]) -> list[Path]:
@@ -62,7 +47,7 @@ def expand(paths: list[Path]) -> list[Path]:
         if path.is_dir():
             files += sorted(p for p in path.rglob("*") if p.suffix.lower() in SUFFIXES + PATCH_SUFFIXES)
         elif path.suffix.lower() == ".csv":
-            with path.open(newline="") as f:
+            with path.open(newline="", encoding="utf-8-sig") as f:
                 reader = csv.DictReader(f)
                 column = next((c for c in PATH_COLUMNS if c in (reader.fieldnames or [])), None)
                 if column is None:
@@ -75,12 +60,15 @@ def expand(paths: list[Path]) -> list[Path]:
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
         raise InputError(f"{len(missing)} file(s) not found, e.g. {missing[:3]}")
+    if not files:  # as process.py: no image is an input error, and nothing is written
+        raise InputError(f"{', '.join(map(str, paths))}: no image (stacks {'/'.join(SUFFIXES)}, patches "
+                         f"{'/'.join(PATCH_SUFFIXES)})")
     return files
 
 
 def pages_of(files: list[Path]) -> Iterator[tuple[str, int, np.ndarray]]:
     for file in files:
-        pages = read_stack(file) if file.suffix.lower() in SUFFIXES else read_patch(file)
+        pages = read_image(file)
         for i, page in enumerate(pages):
             yield str(file), i, page
 
@@ -130,8 +118,10 @@ class AtomicCsv:
             self.discard()
 
 
-def predict_files(files: list[Path], ensemble: Ensemble, out: Path, batch: int = 256) -> int:
-    names = ensemble.spec.fold_names
+def predict_files(files: list[Path], ensemble: Ensemble, out: Path) -> int:
+    """Pages go to the ensemble ``ensemble.pages_per_run`` at a time (``--batch-size``)."""
+    names = ensemble.spec.member_names
+    batch = ensemble.pages_per_run
     total = len(files)
     start, done = time.perf_counter(), 0
     buffer: list[tuple[str, int, np.ndarray]] = []
@@ -139,7 +129,7 @@ def predict_files(files: list[Path], ensemble: Ensemble, out: Path, batch: int =
     def flush(writer: AtomicCsv) -> None:
         nonlocal done
         pred = ensemble.predict(np.stack([b[2] for b in buffer]))
-        for (source, page, _), a, c, probs in zip(buffer, pred.atypical, pred.confidence, pred.fold_probs):
+        for (source, page, _), a, c, probs in zip(buffer, pred.atypical, pred.confidence, pred.member_probs):
             writer.writerow([source, page, "atypical" if a else "normal", f"{c:.6f}", *[f"{p:.6f}" for p in probs]])
         done += len(buffer)
         buffer.clear()
@@ -165,10 +155,14 @@ def run(args: argparse.Namespace) -> int:
     if args.device:
         os.environ["AMF_DEVICE"] = args.device
     files = expand(args.paths)
-    ensemble = Ensemble(args.weights or default_weights(), tta=args.tta, vote=args.vote)
+    ensemble = Ensemble(args.weights or default_weights(), tta=args.tta, vote=args.vote, fork=fork_is_safe(),
+                        pages_per_run=args.batch_size)
     note = f" (CUDA not used: {ensemble.device_note})" if ensemble.device_note else ""
-    print(f"{len(files)} file(s); {len(ensemble.thresholds)} fold models on {ensemble.provider} "
-          f"({ensemble.layout}), tta {ensemble.tta}, vote {ensemble.vote}{note}", file=sys.stderr)
-    n = predict_files(files, ensemble, args.out, args.batch_size)
+    print(f"{len(files)} file(s); {ensemble.describe()}, {ensemble.pages_per_run} patches per run{note}",
+          file=sys.stderr)
+    try:
+        n = predict_files(files, ensemble, args.out)
+    finally:
+        ensemble.close()
     print(f"wrote {n} rows to {args.out}", file=sys.stderr)
     return EXIT_OK

@@ -22,7 +22,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from runtime.errors import OutputError
-from training.run_files import write_atomically
+from training.run_files import fold_folder, write_atomically
 
 FOLD_LOCK = ".lock"  # in each fold folder, held while the fold trains
 HOLDER_NOTE = ".lock.holder"  # beside it while it is held: who holds it, for the refusal's line
@@ -42,7 +42,7 @@ def claim_folds(run: Path, folds: list[str]) -> Iterator[None]:
         return
     with ExitStack() as held:
         for fold in folds:
-            folder = run / fold
+            folder = fold_folder(run, fold)
             folder.mkdir(parents=True, exist_ok=True)
             lock = FileLock(folder / FOLD_LOCK, timeout=0)
             try:

@@ -9,10 +9,11 @@ when the fold finishes, ``model.safetensors`` + ``config.json`` (see checkpoint.
 ``--set weight_averaging=ema`` the averaged weights are validated too (``val_avg/*``) and selection picks
 the better of raw and averaged each epoch (``select/score``, ``select/ema``; ``selected_weights`` in config.json).
 The run folder's ``curves.png`` (curves.py, ``amf curves``) is redrawn as each fold finishes.
-Several datasets (the data options repeated): before any training the overlap guard (guard.py) refuses a figure
-held out of one dataset, by ``--split`` or by a fold, that another brings into training (``--drop-overlap``,
-``--allow-overlap``); the run folder records the rows it trains on (``training-rows.csv``,
-``training-fingerprints.npy``) for ``amf evaluate``'s warning.
+Before any training the overlap guard (guard.py) refuses a figure held out, by ``--split`` or by a fold, that comes
+back into training from its own dataset or another (``--drop-overlap``, ``--allow-overlap``), and the pre-flight
+(preflight.py) refuses a run that cannot start, before anything is written; the run folder records the rows it
+trains on (``training-rows.csv``, ``training-fingerprints.npy``) for ``amf evaluate``'s warning. A fold's folder is
+its name made safe for file systems (run_files.py: ``val-amibr:tupac16`` -> ``val-amibr_tupac16``).
 ``--resume`` skips finished folds and continues an interrupted one from ``ckpt/last.ckpt``. ``--init RUN``
 starts each fold from the same fold's weights in an earlier run (continued training or fine-tuning).
 CPU runs use channels_last and bf16 autocast where the CPU has native bf16 (else fp32: :func:`default_precision`);
@@ -39,14 +40,13 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, TensorDataset
 
-from runtime.errors import InputError
 from training import curves
 from training.augment import augment, mixup
 from training.checkpoint import init_weights, load_weights_only, save_checkpoint
 from training.cluster import RankReport, StopOnSignal, environment_plugins
-from training.data import DataSource, ManifestError, PatchSet, concat, load_sources, select
+from training.data import DataSource, PatchSet, load_every_row
 from training.folds import Fold, fold_at, make_folds, select_folds
-from training.guard import Guarded, guard, record_training_rows
+from training.guard import guard, record_training_rows
 from training.heads import DomainHead, ProjectionHead, dann_schedule
 from training.losses import (
     AdaptiveFocalLoss,
@@ -59,10 +59,20 @@ from training.losses import (
 )
 from training.masks import GENERATOR_VERSION, generate_masks, load_masks
 from training.network import build_network, has_decoders, to_input
+from training.preflight import check_run, fold_rows
 from training.progress import progress_callbacks
 from training.recipe import PRESETS, Recipe
 from training.resume import ExactResume
-from training.run_files import CURVES_FILE, EARLIER_METRICS, METRICS_FILE, WEIGHTS_FILE
+from training.run_files import (
+    CHECKPOINT_FOLDER,
+    CURVES_FILE,
+    EARLIER_METRICS,
+    LAST_CHECKPOINT,
+    METRICS_FILE,
+    WEIGHTS_FILE,
+    fold_folder,
+    fold_weights,
+)
 from training.run_lock import claim_folds, write_once
 from training.sampling import DomainAwareSampler, make_loader
 from training.side_by_side import train_side_by_side
@@ -325,13 +335,8 @@ def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray | None, recipe: Rec
     resume, accelerator, devices, precision, init = (options.resume, options.accelerator, options.devices,
                                                      options.precision, options.init)
     max_steps, limit_val_batches, mask_source = options.max_steps, options.limit_val_batches, options.mask_source
-    folder = out / fold.name
-    train_idx, val_idx, _ = fold.indices(data.domains, data.slides)
-    if exclude is not None:
-        train_idx = np.setdiff1d(train_idx, exclude)
-    if not len(train_idx) or not len(val_idx):  # selection needs a validation part
-        raise ManifestError(f"fold {fold.name}: {len(train_idx)} training and {len(val_idx)} validation patches in "
-                            f"the data (domains: {', '.join(sorted(set(data.domains)))})")
+    folder = fold_folder(out, fold.name)
+    train_idx, val_idx = fold_rows(fold, data, exclude)
     train, val = data.subset(train_idx), data.subset(val_idx)
     weights = inverse_frequency_weights(train.labels)
     domain_names = sorted(set(train.domains))  # the domain head's classes (validation ids are never used)
@@ -345,13 +350,13 @@ def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray | None, recipe: Rec
     val_loader = DataLoader(tensors(val, pick(val_idx), domain_id(val)), 64)
     module = MitosisTask(recipe.to_dict(), weights, len(loader), len(domain_names))
     module.sampler = sampler
-    last = folder / "ckpt" / "last.ckpt"
+    last = folder / CHECKPOINT_FOLDER / LAST_CHECKPOINT
     init_file = fold_weights(init, fold.name) if init is not None else None
     if init_file is not None and not (resume and last.is_file()):
         fresh = init_weights(module.net, init_file)
         print(f"[{fold.name}] starting from {init_file}" + (f"; {len(fresh)} tensors fresh" if fresh else ""))
     monitor, mode = recipe.selection()
-    best, latest = checkpoints(folder / "ckpt", monitor, mode)
+    best, latest = checkpoints(folder / CHECKPOINT_FOLDER, monitor, mode)
     callbacks = [best, latest, Throughput(), exact, StopOnSignal(fold.name, last),  # SLURM's USR1, TERM: save, stop
                  RankReport(fold.name), *progress_callbacks(fold.name)]  # a log gets plain lines, no bar
     if recipe.early_stopping:
@@ -416,15 +421,6 @@ def _append_metrics(source: Path, target: Path) -> None:
     source.unlink()
 
 
-def fold_weights(init: Path, fold_name: str) -> Path:
-    """The weights a fold starts from: ``init/<fold>/`` when it exists, else ``init`` itself (one model for all)."""
-    for candidate in (init / fold_name / WEIGHTS_FILE, init / WEIGHTS_FILE, init):
-        if candidate.is_file():
-            return candidate
-    raise InputError(f"--init {init}: neither {init / fold_name / WEIGHTS_FILE} nor a weights file (an earlier run "
-                     "folder with this fold, a fold folder or a .safetensors file)")
-
-
 def build_recipe(args: argparse.Namespace) -> Recipe:
     """The recipe of ``amf train``'s arguments: the preset, then the options, then ``--set``; a ValueError names
     the bad field or value (and the valid ones)."""
@@ -452,8 +448,8 @@ ACCELERATORS = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}  # amf's --device -
 def run(args: argparse.Namespace, recipe: Recipe) -> int:
     """``amf train`` (cli/main.py parses the arguments and builds ``recipe`` with :func:`build_recipe`); the exit
     status: 0, or 1 when a fold trained side by side (``--jobs``) failed."""
-    parts = load_sources(args.data)
-    data, chosen = select(parts, args.split)
+    everything, chosen = load_every_row(args.data, args.split)
+    data = everything.subset(np.flatnonzero(chosen))
     domains = ", ".join(sorted(set(map(str, data.domains))))
     print(f"{len(data)} patches, {int(data.labels.sum())} atypical, domains {domains}; "
           f"{torch.get_num_threads()} CPU threads")
@@ -464,13 +460,13 @@ def run(args: argparse.Namespace, recipe: Recipe) -> int:
     if args.fold_index is not None:  # one fold per SLURM array task
         folds = fold_at(folds, args.fold_index)
     if args.resume:  # a fold with its final weights is done
-        for fold in (f for f in folds if (args.out / f.name / WEIGHTS_FILE).is_file()):
+        for fold in (f for f in folds if (fold_folder(args.out, f.name) / WEIGHTS_FILE).is_file()):
             print(f"[{fold.name}] finished earlier, skipped")
-        folds = [f for f in folds if not (args.out / f.name / WEIGHTS_FILE).is_file()]
-    guarded = Guarded(data)
-    if len(parts) > 1:  # figures two datasets share: refused unless dropped or allowed
-        guarded = guard(concat(parts), chosen, folds, drop=args.drop_overlap, allow=args.allow_overlap)
-        data = guarded.data
+        folds = [f for f in folds if not (fold_folder(args.out, f.name) / WEIGHTS_FILE).is_file()]
+    # figures shown twice (within a dataset or across two) across a held-out part: refused unless dropped or allowed
+    guarded = guard(everything, chosen, folds, drop=args.drop_overlap, allow=args.allow_overlap)
+    data = guarded.data
+    check_run(folds, data, recipe, guarded.exclude, args.out, resume=args.resume, init=args.init)  # writes nothing
     masks = None
     if has_decoders(recipe.network) and folds:
         masks = external_masks(args.masks, data, args.data) if args.masks else generate_masks(data.images, args.cache)

@@ -45,6 +45,19 @@ def test_missing_files_are_an_input_error(tmp_path, tiny_weights, capsys):
     assert not (tmp_path / "p.csv").exists()
 
 
+def test_no_image_is_an_input_error_with_no_output(tmp_path, tiny_weights, capsys):
+    """As process.py: a folder without images (or a manifest without rows) is exit 2, and no CSV is written."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "rows.csv").write_text("\ufefffile,label\n", encoding="utf-8")  # a header only (and a BOM)
+    for inputs in ([tmp_path / "empty"], [tmp_path / "rows.csv"], [tmp_path / "empty", tmp_path / "rows.csv"]):
+        out = tmp_path / "out" / "p.csv"
+        assert main(["predict", *map(str, inputs), "--out", str(out), "--weights", str(tiny_weights)]) == EXIT_INPUT
+        err = capsys.readouterr().err
+        assert err.startswith("amf predict: error: ") and "no image" in err and err.count("\n") == 1, err
+        assert not (tmp_path / "out").exists()
+
+
 def test_an_unwritable_csv_is_one_line_and_the_output_exit_code_with_no_partial_file(tmp_path, tiny_weights, capsys,
                                                                                       monkeypatch):
     stack = next((HERE / "input").rglob("*.tif"))
@@ -87,3 +100,18 @@ def test_a_missing_model_is_the_model_exit_code(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"amf predict: error: {tmp_path / 'ensemble.json'}: ") and err.count("\n") == 1
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_batch_size_sets_the_pages_per_inference_run(tmp_path, tiny_weights, monkeypatch):
+    """``--batch-size 80`` over five 16-page stacks: one run of 80 pages (it was 64 + 16 whatever the option)."""
+    from runtime.runners import InProcess
+
+    stack = next((HERE / "input").rglob("*.tif"))
+    runs = []
+    run = InProcess.run
+    monkeypatch.setattr(InProcess, "run", lambda self, batch: runs.append(len(batch)) or run(self, batch))
+    for option, expected in ((["--batch-size", "80"], [80]), ([], [64, 16])):
+        runs.clear()
+        assert main(["predict", *[str(stack)] * 5, "--out", str(tmp_path / "p.csv"), "--weights", str(tiny_weights),
+                     *option]) == 0
+        assert runs == expected

@@ -104,7 +104,7 @@ CASES = [
     ("train --manifest MM --manifest MM --format midog25 --split train --out OUT", EXIT_INPUT,
      "none of the 2 datasets has a split column"),
     ("train --manifest MA --manifest MM --format amibr --format midog25 --split train --out OUT", EXIT_INPUT,
-     "2 training row(s) show a figure that --split holds out of another dataset", "--drop-overlap", "--allow-overlap"),
+     "2 training row(s) show a figure that --split holds out", "--drop-overlap", "--allow-overlap"),
     ("train --manifest M --out OUT --drop-overlap --allow-overlap", EXIT_INPUT, "not allowed with argument"),
 ]
 
