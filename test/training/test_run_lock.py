@@ -24,7 +24,7 @@ from cli.main import main as amf
 from runtime.errors import OutputError
 from training import train
 from training.augment import AugmentConfig
-from training.data import load_patches
+from training.data import DataSource, load
 from training.folds import make_folds
 from training.masks import generate_masks
 from training.network import NetworkConfig
@@ -96,8 +96,9 @@ def test_a_second_writer_into_a_fold_being_trained_or_with_other_options_is_refu
     err = capsys.readouterr().err
     assert err.startswith(f"amf train: error: --out {out}: holds a run with another recipe.json") and err.count(
         "\n") == 1, err
-    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name not in (".lock", ".run-files.lock")}
-    assert after == {p: b for p, b in before.items() if p.name not in (".lock", ".run-files.lock")}
+    locks = (".lock", ".lock.holder", ".run-files.lock")  # the holder's, and its note of who it is
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name not in locks}
+    assert after == {p: b for p, b in before.items() if p.name not in locks}
     # the holder is gone (killed: the kernel released its lock): the fold trains
     assert amf(train_args(out, "--fold-index", "0", "--cache", str(cache))) == 0
     assert (out / NAMES[0] / WEIGHTS_FILE).is_file()
@@ -162,7 +163,7 @@ SMALL = NetworkConfig(backbone="resnetv2_18", head_hidden=(32, 16), decoder_chan
 ])  # the last step of epoch 1, so after its validation
 def test_a_fold_stopped_by_a_signal_resumes_to_the_same_weights_and_metrics(tmp_path, monkeypatch, setting, step,
                                                                           capsys):
-    data = load_patches(AMIBR_FIXTURE / "manifest.csv", "amibr")
+    data = load([DataSource(AMIBR_FIXTURE / "manifest.csv")])
     masks = generate_masks(data.images)
     recipe = replace(Recipe(epochs=3, batch_size=4, lr=1e-3, seed=5, network=SMALL, augment=AugmentConfig()),
                      **setting)
