@@ -171,19 +171,19 @@ def test_a_fold_stopped_by_a_signal_resumes_to_the_same_weights_and_metrics(tmp_
     options = train.RunOptions(accelerator="cpu", devices=1, precision="32-true")
     straight = train.train_fold(fold, data, masks, recipe, tmp_path / "straight", options)
 
-    step = train.MitosisTask.training_step
+    training_step = train.MitosisTask.training_step
 
     def signalled(self, batch, batch_idx):  # SIGTERM (as scontrol requeue sends it) during that step
         if self.global_step == step:
             os.kill(os.getpid(), signal.SIGTERM)
-        return step(self, batch, batch_idx)
+        return training_step(self, batch, batch_idx)
 
     monkeypatch.setattr(train.MitosisTask, "training_step", signalled)
     with pytest.raises(SystemExit) as stop:
         train.train_fold(fold, data, masks, recipe, tmp_path / "stopped", options)
     assert stop.value.code == 128 + signal.SIGTERM
     assert ("SIGTERM: saved" if step == 4 else "SIGTERM: stopped after epoch 1") in capsys.readouterr().out
-    monkeypatch.setattr(train.MitosisTask, "training_step", step)
+    monkeypatch.setattr(train.MitosisTask, "training_step", training_step)
     resumed = train.train_fold(fold, data, masks, recipe, tmp_path / "stopped", replace(options, resume=True))
 
     a, b = load_file(straight / WEIGHTS_FILE), load_file(resumed / WEIGHTS_FILE)
