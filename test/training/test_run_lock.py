@@ -65,7 +65,8 @@ def test_two_fold_tasks_started_at_once_make_one_consistent_run_and_a_later_run_
     # the same options afterwards, without --fold-index: every fold is finished, nothing trains or changes
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     assert amf(train_args(out, "--resume", "--cache", str(cache))) == 0
-    assert all(f"[{n}] finished earlier, skipped" in capsys.readouterr().out for n in NAMES)
+    printed = capsys.readouterr().out
+    assert all(f"[{n}] finished earlier, skipped" in printed for n in NAMES), printed
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "curves.png"} == {
         p: t for p, t in stamps.items() if p.name != "curves.png"}
 
