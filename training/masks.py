@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def generate_masks(images: np.ndarray, cache_dir: str | Path | None = None) -> n
         masks = np.stack(list(pool.map(centre_figure_mask, images)))
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")  # processes that start together write their own
         np.savez_compressed(tmp, bits=np.packbits(masks))
         tmp.replace(cache)
     return masks

@@ -44,8 +44,9 @@ from training import curves
 from training.augment import augment, mixup
 from training.checkpoint import init_weights, load_weights_only, save_checkpoint
 from training.choices import ACCELERATORS
+from training.cluster import RankReport, StopOnSignal, environment_plugins
 from training.data import DataSource, PatchSet, load_every_row
-from training.folds import Fold, make_folds, select_folds
+from training.folds import Fold, fold_at, make_folds, select_folds
 from training.guard import guard, record_training_rows
 from training.heads import DomainHead, ProjectionHead, dann_schedule
 from training.losses import (
@@ -62,6 +63,7 @@ from training.network import build_network, has_decoders, to_input
 from training.preflight import check_run, fold_rows
 from training.progress import progress_callbacks
 from training.recipe import PRESETS, Recipe
+from training.resume import ExactResume
 from training.run_files import (
     CHECKPOINT_FOLDER,
     CURVES_FILE,
@@ -72,6 +74,7 @@ from training.run_files import (
     fold_folder,
     fold_weights,
 )
+from training.run_lock import claim_folds, write_once
 from training.sampling import DomainAwareSampler, make_loader
 from training.side_by_side import train_side_by_side
 
@@ -260,6 +263,9 @@ class Throughput(Callback):
     def __init__(self) -> None:
         self._start, self._seen = 0.0, 0
 
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._start, self._seen = time.perf_counter(), 0  # a resume inside an epoch has no epoch start
+
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._start, self._seen = time.perf_counter(), 0
 
@@ -293,6 +299,7 @@ class RunOptions:
 
     accelerator: str = "auto"  # Lightning's: auto | cpu | gpu
     devices: str | int = "auto"
+    num_nodes: int = 1  # srun's nodes of one DDP job (cluster.py)
     precision: str | None = None  # default: default_precision()
     resume: bool = False
     init: Path | None = None
@@ -339,6 +346,8 @@ def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray | None, recipe: Rec
     gen = torch.Generator().manual_seed(recipe.seed)
     pick = (lambda idx: masks[idx]) if masks is not None else (lambda idx: None)  # noqa: E731
     loader, sampler = make_loader(train, tensors(train, pick(train_idx), domain_id(train)), recipe, weights, gen)
+    exact = ExactResume(loader, sampler)  # --resume continues as if never stopped, also inside an epoch
+    loader = exact.loader
     val_loader = DataLoader(tensors(val, pick(val_idx), domain_id(val)), 64)
     module = MitosisTask(recipe.to_dict(), weights, len(loader), len(domain_names))
     module.sampler = sampler
@@ -349,20 +358,23 @@ def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray | None, recipe: Rec
         print(f"[{fold.name}] starting from {init_file}" + (f"; {len(fresh)} tensors fresh" if fresh else ""))
     monitor, mode = recipe.selection()
     best, latest = checkpoints(folder / CHECKPOINT_FOLDER, monitor, mode)
-    callbacks = [best, latest, Throughput(), *progress_callbacks(fold.name)]  # a log gets plain lines, no bar
+    callbacks = [best, latest, Throughput(), exact, StopOnSignal(fold.name, last),  # SLURM's USR1, TERM: save, stop
+                 RankReport(fold.name), *progress_callbacks(fold.name)]  # a log gets plain lines, no bar
     if recipe.early_stopping:
         # strict=False: --max-steps may end a fold before any validation
         callbacks.append(EarlyStopping(monitor, patience=recipe.early_stopping, mode=mode, strict=False))
     on_gpu = accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
     trainer = L.Trainer(
         max_epochs=recipe.epochs, max_steps=max_steps, accelerator=accelerator, devices=devices,
+        num_nodes=options.num_nodes, plugins=environment_plugins(), default_root_dir=folder,
         precision=precision or default_precision(on_gpu), deterministic="warn" if on_gpu else True,
         logger=CSVLogger(folder, name="", version=""), callbacks=callbacks,
         num_sanity_val_steps=0, limit_val_batches=limit_val_batches, log_every_n_steps=10,
         enable_progress_bar=True, enable_model_summary=False,
     )
     resuming = resume and last.is_file()
-    if resuming and trainer.global_rank == 0:  # Lightning's CSV logger starts metrics.csv afresh
+    if resuming and trainer.global_rank == 0:
+        print(f"[{fold.name}] resuming from {last}", flush=True)  # Lightning's CSV logger starts metrics.csv afresh
         _append_metrics(folder / METRICS_FILE, folder / EARLIER_METRICS)
     trainer.fit(module, loader, val_loader, ckpt_path=last if resuming else None, weights_only=True)
     if trainer.global_rank != 0:
@@ -390,7 +402,10 @@ def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray | None, recipe: Rec
     save_checkpoint(folder, net.float(), meta)
     print(f"[{fold.name}] selected epoch {meta['selected_epoch']}, {chosen} weights "
           f"({monitor} = {meta['selected_score']})")
-    curves.plot(curves.read_run(out), out / CURVES_FILE, str(out))  # the run's picture, redrawn per fold
+    try:  # the run's picture, redrawn per fold; folds training beside it may be writing their metrics.csv
+        curves.plot(curves.read_run(out), out / CURVES_FILE, str(out))
+    except (ValueError, KeyError) as exc:
+        print(f"[{fold.name}] {CURVES_FILE} not redrawn ({exc}); amf curves {out} draws it")
     return folder
 
 
@@ -442,6 +457,8 @@ def run(args: argparse.Namespace, recipe: Recipe) -> int:
                        hold_out_test=args.hold_out_test, seed=recipe.seed)
     if args.folds:
         folds = select_folds(folds, args.folds.split(","))
+    if args.fold_index is not None:  # one fold per SLURM array task
+        folds = fold_at(folds, args.fold_index)
     if args.resume:  # a fold with its final weights is done
         for fold in (f for f in folds if (fold_folder(args.out, f.name) / WEIGHTS_FILE).is_file()):
             print(f"[{fold.name}] finished earlier, skipped")
@@ -454,17 +471,18 @@ def run(args: argparse.Namespace, recipe: Recipe) -> int:
     if has_decoders(recipe.network) and folds:
         masks = external_masks(args.masks, data, args.data) if args.masks else generate_masks(data.images, args.cache)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
+    write_once(args.out / "recipe.json", json.dumps(recipe.to_dict(), indent=2).encode())  # or refused: another run's
     record_training_rows(args.out, data)
     options = RunOptions(
         accelerator=ACCELERATORS[args.device], devices=args.devices, precision=args.precision, resume=args.resume,
-        init=args.init, max_steps=args.max_steps,
+        init=args.init, max_steps=args.max_steps, num_nodes=args.num_nodes,
         limit_val_batches=int(args.limit_val_batches) if args.limit_val_batches > 1 else args.limit_val_batches,
         mask_source=f"external:{args.masks}" if args.masks else GENERATOR_VERSION, allow_overlap=args.allow_overlap)
     if args.jobs > 1 and len(folds) > 1:  # the masks are in the cache now: the children read them from there
         return train_side_by_side(args.argv, args.out, [f.name for f in folds], args.jobs)
-    for fold in folds:
-        train_fold(fold, data, masks, recipe, args.out, options, guarded.exclude.get(fold.name))
+    with claim_folds(args.out, [f.name for f in folds]):  # one writer per fold: a second amf train is refused
+        for fold in folds:
+            train_fold(fold, data, masks, recipe, args.out, options, guarded.exclude.get(fold.name))
     return 0
 
 
