@@ -8,13 +8,14 @@ valid names, and so do epochs or a batch size below 1 and a learning rate that i
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from training.augment import AugmentConfig
 from training.folds import CV_SCHEMES
-from training.network import NetworkConfig
+from training.network import NetworkConfig, has_decoders
 
 LOSSES = ("bce", "focal")
 SCHEDULES = ("constant", "cosine", "plateau")
@@ -178,3 +179,24 @@ PRESETS: dict[str, Recipe] = {
                            mixup_alpha=0.2, supcon_weight=0.1, domain_adversarial=0.1, class_weighted=True,
                            epochs=30, early_stopping=8, batch_size=16),
 }
+
+
+def build_recipe(args: argparse.Namespace) -> Recipe:
+    """The recipe of ``amf train``'s arguments: the preset, then the options, then ``--set``; a ValueError names
+    the bad field or value (and the valid ones)."""
+    recipe = PRESETS[args.preset]
+    overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "select", "seed")
+                 if getattr(args, k) is not None}
+    recipe = replace(recipe, **overrides)
+    net = recipe.network
+    if args.backbone:
+        net = replace(net, backbone=args.backbone)
+    if args.pretrained:
+        net = replace(net, pretrained=True if args.pretrained == "hub" else args.pretrained)
+    recipe = replace(recipe, network=net).with_overrides(args.set or [])
+    recipe = recipe.single_task() if args.single_task else recipe
+    if recipe.mixup_alpha and has_decoders(recipe.network):
+        raise ValueError("MixUp mixes images but not their masks: use it with decoders off (--single-task)")
+    if recipe.network.kind == "foundation" and not recipe.network.pretrained:
+        print("warning: a foundation model without --pretrained PATH starts from random weights")
+    return recipe

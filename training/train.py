@@ -15,8 +15,8 @@ held out of one dataset, by ``--split`` or by a fold, that another brings into t
 ``training-fingerprints.npy``) for ``amf evaluate``'s warning.
 ``--resume`` skips finished folds and continues an interrupted one from ``ckpt/last.ckpt``. ``--init RUN``
 starts each fold from the same fold's weights in an earlier run (continued training or fine-tuning).
-CPU runs use channels_last and bf16 autocast where the CPU has native bf16 (else fp32: :func:`default_precision`);
-GPUs use AMP; several GPUs use Lightning's DDP.
+CPU runs use channels_last and bf16 autocast where the CPU has native bf16, else fp32 (device.py); GPUs use AMP;
+several GPUs use Lightning's DDP.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import csv
 import json
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -43,7 +43,8 @@ from runtime.errors import InputError
 from training import curves
 from training.augment import augment, mixup
 from training.checkpoint import init_weights, load_weights_only, save_checkpoint
-from training.data import DataSource, ManifestError, PatchSet, concat, load_sources, select
+from training.data import ManifestError, PatchSet, concat, load_sources, select
+from training.device import ACCELERATORS, default_precision, on_gpu
 from training.folds import Fold, make_folds, select_folds
 from training.guard import Guarded, guard, record_training_rows
 from training.heads import DomainHead, ProjectionHead, dann_schedule
@@ -56,10 +57,10 @@ from training.losses import (
     soft_targets,
     weighted_bce,
 )
-from training.masks import GENERATOR_VERSION, generate_masks, load_masks
+from training.masks import GENERATOR_VERSION, external_masks, generate_masks
 from training.network import build_network, has_decoders, to_input
 from training.progress import progress_callbacks
-from training.recipe import PRESETS, Recipe
+from training.recipe import Recipe
 from training.run_files import CURVES_FILE, EARLIER_METRICS, METRICS_FILE, WEIGHTS_FILE
 from training.sampling import DomainAwareSampler, make_loader
 from training.side_by_side import train_side_by_side
@@ -282,24 +283,13 @@ class RunOptions:
 
     accelerator: str = "auto"  # Lightning's: auto | cpu | gpu
     devices: str | int = "auto"
-    precision: str | None = None  # default: default_precision()
+    precision: str | None = None  # default: device.default_precision()
     resume: bool = False
     init: Path | None = None
     max_steps: int = -1
     limit_val_batches: float | int = 1.0
     mask_source: str = GENERATOR_VERSION
     allow_overlap: bool = False  # --allow-overlap: recorded in config.json
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN has bf16 kernels for this CPU (AVX-512 BF16 or AMX)."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def default_precision(on_gpu: bool) -> str:
-    """bf16 autocast on GPUs and on CPUs with native bf16, else fp32: on an AVX2 CPU, bf16 convolutions fall back
-    to PyTorch's reference kernels (slow_conv2d), many times slower than fp32."""
-    return "bf16-mixed" if on_gpu or cpu_has_native_bf16() else "32-true"
 
 
 def checkpoints(folder: Path, monitor: str, mode: str) -> tuple[ModelCheckpoint, ModelCheckpoint]:
@@ -347,10 +337,10 @@ def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray | None, recipe: Rec
     if recipe.early_stopping:
         # strict=False: --max-steps may end a fold before any validation
         callbacks.append(EarlyStopping(monitor, patience=recipe.early_stopping, mode=mode, strict=False))
-    on_gpu = accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
+    gpu = on_gpu(accelerator)
     trainer = L.Trainer(
         max_epochs=recipe.epochs, max_steps=max_steps, accelerator=accelerator, devices=devices,
-        precision=precision or default_precision(on_gpu), deterministic="warn" if on_gpu else True,
+        precision=precision or default_precision(gpu), deterministic="warn" if gpu else True,
         logger=CSVLogger(folder, name="", version=""), callbacks=callbacks,
         num_sanity_val_steps=0, limit_val_batches=limit_val_batches, log_every_n_steps=10,
         enable_progress_bar=True, enable_model_summary=False,
@@ -410,32 +400,8 @@ def fold_weights(init: Path, fold_name: str) -> Path:
                      "folder with this fold, a fold folder or a .safetensors file)")
 
 
-def build_recipe(args: argparse.Namespace) -> Recipe:
-    """The recipe of ``amf train``'s arguments: the preset, then the options, then ``--set``; a ValueError names
-    the bad field or value (and the valid ones)."""
-    recipe = PRESETS[args.preset]
-    overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "select", "seed")
-                 if getattr(args, k) is not None}
-    recipe = replace(recipe, **overrides)
-    net = recipe.network
-    if args.backbone:
-        net = replace(net, backbone=args.backbone)
-    if args.pretrained:
-        net = replace(net, pretrained=True if args.pretrained == "hub" else args.pretrained)
-    recipe = replace(recipe, network=net).with_overrides(args.set or [])
-    recipe = recipe.single_task() if args.single_task else recipe
-    if recipe.mixup_alpha and has_decoders(recipe.network):
-        raise ValueError("MixUp mixes images but not their masks: use it with decoders off (--single-task)")
-    if recipe.network.kind == "foundation" and not recipe.network.pretrained:
-        print("warning: a foundation model without --pretrained PATH starts from random weights")
-    return recipe
-
-
-ACCELERATORS = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}  # amf's --device -> Lightning's accelerator
-
-
 def run(args: argparse.Namespace, recipe: Recipe) -> int:
-    """``amf train`` (cli/main.py parses the arguments and builds ``recipe`` with :func:`build_recipe`); the exit
+    """``amf train`` (cli/main.py parses the arguments and builds ``recipe`` with ``recipe.build_recipe``); the exit
     status: 0, or 1 when a fold trained side by side (``--jobs``) failed."""
     parts = load_sources(args.data)
     data, chosen = select(parts, args.split)
@@ -471,14 +437,3 @@ def run(args: argparse.Namespace, recipe: Recipe) -> int:
         train_fold(fold, data, masks, recipe, args.out, options, guarded.exclude.get(fold.name))
     return 0
 
-
-def external_masks(folder: Path, data: PatchSet, sources: list[DataSource]) -> np.ndarray:
-    """``--masks DIR``: one PNG per patch under DIR (several datasets: under DIR/<dataset name>/), at the patch's
-    path relative to its dataset's root."""
-    masks = np.zeros(data.images.shape[:3], bool)
-    for source in sources:
-        rows = np.flatnonzero(data.datasets == source.name)
-        if len(rows):
-            masks[rows] = load_masks(folder if len(sources) == 1 else folder / source.name,
-                                     [data.paths[i] for i in rows], source.root or Path(source.manifest).parent)
-    return masks

@@ -8,7 +8,7 @@ from conftest import AMIBR_FIXTURE
 
 from cli import main as cli
 from cli import options
-from training import data, export, quantize, recipe, train
+from training import data, device, export, quantize, recipe
 
 
 @pytest.mark.parametrize(("setting", "message"), [
@@ -39,7 +39,7 @@ def test_a_bad_manifest_is_an_error_line_and_exit_2(tmp_path, capsys):
 
 
 def test_the_device_option_maps_to_lightnings_accelerator():
-    assert set(train.ACCELERATORS) == set(options.DEVICES) and train.ACCELERATORS["cuda"] == "gpu"
+    assert set(device.ACCELERATORS) == set(options.DEVICES) and device.ACCELERATORS["cuda"] == "gpu"
 
 
 def test_the_cli_choice_lists_match_the_training_side():
@@ -53,7 +53,7 @@ def test_the_cli_choice_lists_match_the_training_side():
 
 
 def test_the_old_module_entry_points_are_gone():
-    from training import calibrate, evaluate, masks
+    from training import calibrate, evaluate, masks, train
 
     for module in (train, calibrate, evaluate, export, masks):
         assert not hasattr(module, "main"), module.__name__
@@ -61,7 +61,7 @@ def test_the_old_module_entry_points_are_gone():
 
 
 def test_training_precision_defaults_to_bf16_only_where_the_hardware_has_it(monkeypatch):
-    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)  # an AVX2 CPU: bf16 convolutions crawl
-    assert train.default_precision(on_gpu=False) == "32-true" and train.default_precision(on_gpu=True) == "bf16-mixed"
-    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)  # AVX-512 BF16 / AMX
-    assert train.default_precision(on_gpu=False) == "bf16-mixed"
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)  # an AVX2 CPU: bf16 convolutions crawl
+    assert device.default_precision(on_gpu=False) == "32-true" and device.default_precision(on_gpu=True) == "bf16-mixed"
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)  # AVX-512 BF16 / AMX
+    assert device.default_precision(on_gpu=False) == "bf16-mixed"
