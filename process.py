@@ -3,7 +3,7 @@
 
     python process.py [--input /input] [--output /output] [--weights DIR]
 
-Reads the stack named by ``<input>/inputs.json``, runs the shipped ONNX fold ensemble on all pages
+Reads the stack named by ``<input>/inputs.json``, runs the shipped ONNX ensemble's members on all pages
 (CUDA when available, else CPU), votes, and writes ``<output>/multiple-mitotic-figure-classification.json``.
 Models: ``--weights``, else ``$AMF_WEIGHTS``, else ``/opt/ml/model`` when it holds ``ensemble.json``
 (Grand Challenge's uploaded model tarball), else ``weights/`` next to this file.
@@ -31,7 +31,7 @@ from runtime.contract import default_weights
 from runtime.device import choice_needs_page_count
 from runtime.ensemble import Ensemble
 from runtime.errors import EXIT_INTERNAL, EXIT_OK, AmfError
-from runtime.forked import ForkedRead
+from runtime.forked import ForkedRead, fork_is_safe
 from runtime.grand_challenge import find_stack, results_json, write_results
 from runtime.stack import read_stack
 from runtime.version import __version__
@@ -47,7 +47,7 @@ def run(input_dir: Path, output_dir: Path, weights: Path) -> int:
     pages, read_seconds = timed_read(stack) if reading is None else (None, 0.0)
     loading = time.perf_counter()
     try:
-        ensemble = Ensemble(weights, n_pages=None if pages is None else len(pages))
+        ensemble = Ensemble(weights, n_pages=None if pages is None else len(pages), fork=fork_is_safe())
     finally:  # an input error is reported before a model error, as when the read came first
         if reading is not None:
             pages, read_seconds = reading.result()
@@ -56,16 +56,16 @@ def run(input_dir: Path, output_dir: Path, weights: Path) -> int:
           f"{' (in a child process, beside the model load)' if reading else ''}", flush=True)
     if ensemble.device_note:
         print(f"CUDA wanted but not used, running on the CPU: {ensemble.device_note}", flush=True)
-    print(f"{ensemble.model_file} ({ensemble.spec.identity()}): {len(ensemble.thresholds)} fold models on "
-          f"{ensemble.provider} ({ensemble.layout}), tta {ensemble.tta}, vote {ensemble.vote}; loaded in "
-          f"{loaded - loading:.2f} s",
-          flush=True)
+    print(f"{ensemble.model_file} ({ensemble.spec.identity()}): {ensemble.describe()}; loaded in "
+          f"{loaded - loading:.2f} s", flush=True)
     prediction = ensemble.predict(pages)
+    inferred = time.perf_counter()
     results = results_json(prediction.atypical, prediction.confidence)
     target = write_results(output_dir, results, len(pages))
     n_atypical = sum(r["class"] == "atypical" for r in results)
-    print(f"{target}: {len(results)} pages, {n_atypical} atypical; inference + write "
-          f"{time.perf_counter() - loaded:.2f} s, total {time.perf_counter() - start:.2f} s", flush=True)
+    end = time.perf_counter()
+    print(f"{target}: {len(results)} pages, {n_atypical} atypical; inference {inferred - loaded:.2f} s, write "
+          f"{end - inferred:.2f} s, total {end - start:.2f} s", flush=True)
     return EXIT_OK
 
 

@@ -21,7 +21,7 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from runtime.contract import MODEL_FILE, SPEC_FILE, default_weights  # noqa: E402
-from training.data import load_patches  # noqa: E402
+from training.data import DataSource, load  # noqa: E402
 from training.quantize import (  # noqa: E402
     accuracy_guard,
     calibration_sample,
@@ -41,11 +41,11 @@ def main() -> None:
     p.add_argument("--sizes", default="256,1024")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    folds = json.loads((args.weights / SPEC_FILE).read_text())["folds"]
-    data = load_patches(args.manifest).where(split=args.split)
+    members = json.loads((args.weights / SPEC_FILE).read_text())["folds"]
+    data = load([DataSource(Path(args.manifest))], args.split)
     reference = expand_weights(onnx.load(str(args.weights / MODEL_FILE)))
-    ref_ba = validation_ba(fold_probabilities(reference, data.images), data, folds)
-    names = [f["name"].removeprefix("val-") for f in folds]
+    ref_ba = validation_ba(fold_probabilities(reference, data.images), data, members)
+    names = [m["name"].removeprefix("val-") for m in members]
     print(f"{len(data)} {args.split} patches; reference = {args.weights / MODEL_FILE} with its weights expanded\n")
     print("| graph | " + " | ".join(names) + " | mean | guard | quantise s |")
     print("|---" * (len(names) + 4) + "|")
@@ -56,7 +56,7 @@ def main() -> None:
             start = time.perf_counter()
             int8 = quantize(reference, "static", sample, method)
             seconds = time.perf_counter() - start
-            ba = validation_ba(fold_probabilities(int8, data.images), data, folds)
+            ba = validation_ba(fold_probabilities(int8, data.images), data, members)
             guard = accuracy_guard(ref_ba, ba)
             print(f"| static {method}, {size} | " + " | ".join(f"{b:.4f}" for b in ba) + f" | {np.mean(ba):.4f} | "
                   f"{'holds' if guard['holds'] else 'fails'} (mean {guard['mean_delta']:+.4f}) | {seconds:.0f} |",

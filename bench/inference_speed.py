@@ -1,16 +1,19 @@
 """Inference speed on this machine: the shipped int8 graph vs its weight-only twin vs a stand-in of the MIDOG25
 reference container (timm EfficientNetV2-M, 224 px, page by page, PyTorch eager, random weights).
 
-    python bench/inference_speed.py [--repeats 7] [--weights weights] [--input test/input]
+    python bench/inference_speed.py [--repeats 5] [--weights weights] [--input test/input]
 
 (a) cold: each system as a whole new process (interpreter, imports, model load, read, infer, write), on the
     16-page stack and on a 1-page stack (the int8 ensemble also without its CPU graphs, as it loaded before),
-    runs alternated system by system, median of --repeats; peak RSS of each process (wait4 rusage); and where
-    process.py's cold time goes (interpreter, imports, then its own read / load / inference + write timings;
-    the read runs in a child process beside the load);
+    runs alternated system by system, median of --repeats; peak RSS of each process (wait4 rusage); the cold
+    16-page ratio to the reference stand-in; and the budget of process.py's cold 16-page run: interpreter,
+    imports, stack read (in a child process beside the session build), session build, the first run's extra
+    cost, inference, write (process.py's own timings; the inference's warm time from a fresh process that runs
+    the ensemble as process.py does, forked workers included);
 (b) warm: per-stack latency (16 pages and 1 page) and throughput (256-patch batches) in one process.
 The weight-only graph is made from the shipped one (its weights expanded, then int8 weights only). Prints
-Markdown tables. Run it on quiet cores: not while a training run shares them.
+the machine (CPU model and its int8 instructions), the date and Markdown tables. Run it on quiet cores: not
+while a training run shares them.
 """
 
 from __future__ import annotations
@@ -29,9 +32,23 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-PHASES = {"load (the stack is read beside it)": r"loaded in ([\d.]+) s",
-          "inference + write": r"inference \+ write ([\d.]+) s"}  # process.py's own timings, from its stdout
-READ = r"pages read in ([\d.]+) s"
+TIMINGS = {"read": r"pages read in ([\d.]+) s", "load": r"loaded in ([\d.]+) s",  # process.py's own, from its stdout
+           "inference": r"inference ([\d.]+) s", "write": r"write ([\d.]+) s"}
+WARM_RUNS = """
+import sys, time
+from runtime.ensemble import Ensemble
+from runtime.forked import fork_is_safe
+from runtime.grand_challenge import find_stack
+from runtime.stack import read_stack
+
+pages, ensemble = read_stack(find_stack(sys.argv[1])), Ensemble(sys.argv[2], fork=fork_is_safe())
+times = []
+for _ in range(int(sys.argv[3])):
+    start = time.perf_counter()
+    ensemble.predict(pages)
+    times.append(time.perf_counter() - start)
+print(ensemble.layout, *times, sep="\\n")
+"""  # process.py's ensemble in a fresh process: its first run, then the warm ones
 
 
 def run_cold(cmd: list[str]) -> tuple[float, float, str]:
@@ -101,9 +118,54 @@ def best_and_median(fn, repeats: int) -> tuple[float, float]:
     return min(times), statistics.median(times)
 
 
+def machine() -> str:
+    """``<CPU model>, <n> CPUs, int8/bf16 instructions: ...`` from /proc/cpuinfo (Linux)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return f"{os.cpu_count()} CPUs"
+    model = re.search(r"model name\s*: (.*)", info)
+    flags = set((re.search(r"flags\s*: (.*)", info) or re.search("()", "")).group(1).split())
+    found = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8") if f in flags]
+    return (f"{model.group(1).strip() if model else 'CPU'}, {len(os.sched_getaffinity(0))} CPUs, "
+            f"{' '.join(found) or 'no AVX2'}")
+
+
+def warm_runs(stack: Path, weights: Path, repeats: int) -> tuple[str, float, float]:
+    """(layout, first run s, best warm run s) of process.py's ensemble on the stack, in a fresh process."""
+    out = subprocess.run([sys.executable, "-c", WARM_RUNS, str(stack), str(weights), str(repeats + 1)], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    times = [float(t) for t in out[1:]]
+    return out[0], times[0], min(times[1:])
+
+
+def print_budget(runs: list[tuple[float, float, str]], median: dict[str, float],
+                 warm: tuple[str, float, float]) -> None:
+    """Where process.py's cold 16-page run goes: its own timings (medians over ``runs``), the interpreter and the
+    imports from their own processes, the first run's extra cost from ``warm``."""
+    timing = {k: statistics.median(float(re.search(p, r[2]).group(1)) for r in runs) for k, p in TIMINGS.items()}
+    layout, first, best = warm
+    interpreter = median["python -c pass"]
+    imports = median["python -c 'import process'"] - interpreter
+    rows = {"interpreter (`python -c pass`)": interpreter,
+            "imports (`python -c 'import process'`, less the interpreter)": imports,
+            "session build (forking the workers, their onnxruntime import and session builds)": timing["load"],
+            f"inference: the warm run ({layout}, best of a fresh process's warm runs)": min(best, timing["inference"]),
+            "the first run's extra cost (cold inference less the warm run)": max(timing["inference"] - best, 0.0),
+            "write (results JSON)": timing["write"]}
+    total = median["int8 (process.py)"]
+    rows["the rest (argument parsing, finding the stack, forks, exit)"] = total - sum(rows.values())
+    print("\n| phase of the cold 16-page run | s | share |\n|---|---|---|")
+    for phase, seconds in rows.items():
+        print(f"| {phase} | {seconds:.3f} | {seconds / total:.0%} |")
+    print(f"| **total (median wall)** | **{total:.3f}** | |")
+    print(f"| stack read, in a child process beside the session build (not on the path) | {timing['read']:.3f} | |")
+    print(f"\n(in that fresh process the first run took {first:.3f} s, the best warm run {best:.3f} s)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--weights", type=Path, help="folder with ensemble.json (default: as process.py)")
     p.add_argument("--input", type=Path, default=ROOT / "test" / "input", help="GC input folder, 16-page stack")
     args = p.parse_args()
@@ -137,7 +199,7 @@ def main() -> None:
         "python -c pass": [py, "-c", "pass"],
         "python -c 'import process'": [py, "-c", "import process"],
     }
-    print(f"machine: {os.cpu_count()} CPUs; {len(pages)}-page stack; weights {weights}\n")
+    print(f"{time.strftime('%Y-%m-%d')}; machine: {machine()}; {len(pages)}-page stack; weights {weights}\n")
     cold: dict[str, list[tuple[float, float, str]]] = {k: [] for k in systems}
     for _ in range(args.repeats):
         for name, cmd in systems.items():
@@ -150,21 +212,10 @@ def main() -> None:
         ref = median["reference stand-in, 1 page" if name.endswith("1 page") else "reference stand-in"]
         print(f"| {name} | {median[name]:.3f} | {min(t):.3f} | {max(t):.3f} | "
               f"{max(r[1] for r in cold[name]):.0f} | {ref / median[name]:.1f}x |")
-    print("\nwhere process.py's cold 16-page time goes (medians): CPU graphs | QDQ graph fused at load")
-    shared = {"interpreter (python -c pass)": median["python -c pass"],
-              "imports (python -c 'import process', less the interpreter)":
-                  median["python -c 'import process'"] - median["python -c pass"]}
-    print("| phase | CPU graphs s | QDQ graph s |\n|---|---|---|")
-    phases = {name: dict(shared) for name in ("int8 (process.py)", "int8, QDQ graph fused at load (process.py)")}
-    for name, table in phases.items():
-        for phase, pattern in PHASES.items():
-            table[phase] = statistics.median(float(re.search(pattern, r[2]).group(1)) for r in cold[name])
-        table["the rest (argument parsing, finding the stack, exit)"] = median[name] - sum(table.values())
-        table["stack read, in a child process during the load"] = statistics.median(
-            float(re.search(READ, r[2]).group(1)) for r in cold[name])
-    ours_cpu, ours_qdq = phases.values()
-    for phase in ours_cpu:
-        print(f"| {phase} | {ours_cpu[phase]:.3f} | {ours_qdq[phase]:.3f} |")
+    ratio = median["reference stand-in"] / median["int8 (process.py)"]
+    print(f"\ncold 16-page run: {median['int8 (process.py)']:.3f} s vs the reference stand-in's "
+          f"{median['reference stand-in']:.3f} s (medians): **{ratio:.1f}x**")
+    print_budget(cold["int8 (process.py)"], median, warm_runs(args.input, weights, args.repeats))
 
     import torch
 

@@ -23,7 +23,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from training import overlap  # noqa: E402
-from training.data import load_patches  # noqa: E402
+from training.data import DataSource, load  # noqa: E402
 
 SHIFT, QUALITY = 4, 75
 
@@ -42,7 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("manifest", type=Path)
     args = parser.parse_args()
-    images = load_patches(args.manifest).images
+    images = load([DataSource(args.manifest)]).images
     unique = np.sort(np.unique(images.reshape(len(images), -1), axis=0, return_index=True)[1])
     images = images[unique]
     n = len(images)

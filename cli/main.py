@@ -4,7 +4,7 @@ Arguments are parsed before anything heavy is imported: torch and the ``training
 command that needs them runs, so ``amf COMMAND --help`` is instant and works in the runtime-only install.
 Each command's implementation is a ``run(args)`` in its module (training/*.py, runtime/predict.py). Arguments
 and paths are checked before the work starts, and before torch loads wherever the check needs no torch (the
-option types, cli/checks.py, ``training.data.check_datasets``). Every problem the user can act on is one of
+option types, cli/checks.py, ``training.data.check``). Every problem the user can act on is one of
 runtime/errors.py's errors, raised where it is found and printed here as one ``amf COMMAND: error: ...`` line
 with its exit code: 2 a bad argument or input (a manifest, a split, a recipe field, a source of the wrong kind,
 a training command without the ``train`` extra), 3 an output that cannot be written (also a full disk), 4 an
@@ -41,6 +41,7 @@ from cli.options import (
     resolve_data,
 )
 from runtime.contract import is_exported
+from runtime.ensemble import default_pages_per_run
 from runtime.errors import AmfError, InputError, OutputError
 from runtime.version import __version__
 
@@ -67,10 +68,10 @@ def check_data(args: argparse.Namespace) -> None:
     missing = next((name for name in sorted(TRAIN_EXTRA) if find_spec(name) is None), None)
     if missing:
         raise ModuleNotFoundError(f"No module named {missing!r}", name=missing)
-    from training.data import check_datasets
+    from training.data import check
 
     resolve_data(args)
-    check_datasets(args.data, args.split)
+    check(args.data, args.split)
 
 
 # ---- the commands: each parses here and imports its implementation only when it runs ----
@@ -158,9 +159,9 @@ def pick(args: argparse.Namespace) -> None:
     check_data(args)
     checks.sources(args.runs, ensembles=False)
     checks.output_folder(args.out)
-    from training import calibrate
+    from training import pick
 
-    calibrate.run_pick(args)
+    pick.run(args)
 
 
 def calibrate_args(p: argparse.ArgumentParser) -> None:
@@ -256,7 +257,8 @@ def predict_args(p: argparse.ArgumentParser) -> None:
                         "recursively) or CSV manifest (file, image_id, path or filename column)")
     add_out(p, "CSV to write (atomically): source, page, class, confidence, each fold's probability")
     add_weights(p)
-    add_batch_size(p, "patches per inference run", 256)
+    add_batch_size(p, f"patches per inference run (default {default_pages_per_run('none')}; with --tta d4, "
+                      f"{default_pages_per_run('d4')}: 8 views each)", None)
     add_tta(p, "override the ensemble spec's test-time augmentation", default=None)
     add_vote(p, "override the ensemble spec's vote", default=None)
     add_device(p, "where onnxruntime runs (default: $AMF_DEVICE, else auto: CUDA when a GPU is visible)", default=None)

@@ -4,15 +4,15 @@
 
     {"format": "amf-mtl-ensemble", "version": 1,
      "model_file": "ensemble.onnx",   # beside the spec: standard ONNX, int8 in QDQ form (any provider)
-     "cpu_model_files": ["ensemble.cpu.0.onnx", ...],  # optional, one per fold in fold order: that fold's
+     "cpu_model_files": ["ensemble.cpu.0.onnx", ...],  # optional, one per member in column order: its
                                       # network with the CPU provider's fusions applied, output [N, 1]; their
                                       # tensors are read from model_file's bytes (training/cpu_graph.py)
      "input_name": "image",           # uint8 [N, 128, 128, 3] RGB, NHWC, N dynamic
-     "output_name": "prob",           # float32 [N, F]: P(atypical) per fold model (the graph also has "logit")
+     "output_name": "prob",           # float32 [N, M]: P(atypical) per member (the graph also has "logit")
      "patch_size": 128,
-     "folds": [{"name": "val-tupac16", "threshold": 0.5, ...}],  # one output column each, in this order:
-                                      # a member of the fold "group" (optional; default its name): several
-                                      # members of one fold (two runs' models) share it
+     "folds": [{"name": "val-tupac16", "threshold": 0.5, ...}],  # the members: one output column each, in
+                                      # this order; each a member of the fold "group" (optional; default its
+                                      # name): several members of one fold (two runs' models) share it
      "vote": "majority" | "mean-probability" | "mean-then-vote",  # runtime/vote.py; default majority
      "tie": "mean-probability", "confidence": "mean-probability",  # what majority does with them
      "tta": "none" | "d4",            # runtime/tta.py
@@ -51,12 +51,12 @@ SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 
 @dataclass(frozen=True)
 class EnsembleSpec:
-    """A checked ensemble spec: the model files, one threshold per fold (in output column order), TTA mode."""
+    """A checked ensemble spec: the model files, one threshold per member (in output column order), TTA mode."""
 
     path: Path
     model_file: Path
-    cpu_model_files: list[Path]  # one per fold; empty: CPU sessions load model_file too
-    fold_names: list[str]  # one per output column: its model's name
+    cpu_model_files: list[Path]  # one per member; empty: CPU sessions load model_file too
+    member_names: list[str]  # one per output column: its model's name
     member_of: list[str]  # one per output column: the fold its model belongs to (its "group")
     thresholds: np.ndarray
     tta: str
@@ -100,7 +100,7 @@ def read_spec(folder: str | Path) -> EnsembleSpec:
         spec = EnsembleSpec(
             path=path, model_file=path.parent / doc["model_file"],
             cpu_model_files=[path.parent / f for f in doc.get("cpu_model_files", [])],
-            fold_names=[f["name"] for f in doc["folds"]], member_of=[f.get("group", f["name"]) for f in doc["folds"]],
+            member_names=[f["name"] for f in doc["folds"]], member_of=[f.get("group", f["name"]) for f in doc["folds"]],
             thresholds=np.array([f["threshold"] for f in doc["folds"]], np.float64), tta=doc.get("tta", "none"),
             vote=doc.get("vote", MAJORITY),
             patch_size=int(doc.get("patch_size", PATCH_SIZE)), input_name=doc.get("input_name", INPUT_NAME),
@@ -111,10 +111,10 @@ def read_spec(folder: str | Path) -> EnsembleSpec:
         raise ModelError(f"{path}: unknown tta {spec.tta!r} ({' | '.join(TTA_MODES)})")
     if spec.vote not in VOTE_RULES:
         raise ModelError(f"{path}: unknown vote rule {spec.vote!r} ({' | '.join(VOTE_RULES)})")
-    if not spec.fold_names:
-        raise ModelError(f"{path}: no folds")
-    if spec.cpu_model_files and len(spec.cpu_model_files) != len(spec.fold_names):
-        raise ModelError(f"{path}: {len(spec.cpu_model_files)} CPU graphs for {len(spec.fold_names)} folds")
+    if not spec.member_names:
+        raise ModelError(f"{path}: no members (\"folds\" is empty)")
+    if spec.cpu_model_files and len(spec.cpu_model_files) != len(spec.member_names):
+        raise ModelError(f"{path}: {len(spec.cpu_model_files)} CPU graphs for {len(spec.member_names)} members")
     return spec
 
 

@@ -1,6 +1,6 @@
 """Where the ensemble runs: onnxruntime's CUDA provider when a usable GPU is present, else the CPU.
 
-onnxruntime is imported through ``load_onnxruntime()`` only, with its telemetry off. When CUDA is wanted but
+Sessions are built by runtime/session.py (onnxruntime imported there only). When CUDA is wanted but
 cannot start (no driver in the container, a driver too old for the CUDA line onnxruntime-gpu was built
 for, the CPU-only wheel, a provider error), ``cuda_session`` returns the reason as one line and the ensemble
 runs on the CPU. CUDA runs with TF32 off and heuristic cuDNN algorithm choice, so that answers match the CPU's.
@@ -17,23 +17,13 @@ import re
 from pathlib import Path
 from types import ModuleType
 
+from runtime.session import SessionError, build_session, load_onnxruntime
+
 CUDA_OPTIONS = {"use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC"}
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 # The lowest Linux driver for each CUDA major release (CUDA minor-version compatibility).
 DRIVER_FLOOR = {12: "525.60.13", 13: "580.65.06"}
-
-
-def load_onnxruntime() -> ModuleType:
-    """onnxruntime with telemetry off: releases after 1.26 write a device ID and a usage database under
-    ~/.cache, look up Microsoft's event server, and warn on stderr when HOME is read-only, unless
-    ORT_DISABLE_TELEMETRY is set before the first import. Its own log lines are silenced: failures reach us
-    as exceptions."""
-    os.environ["ORT_DISABLE_TELEMETRY"] = "1"
-    import onnxruntime
-
-    onnxruntime.set_default_logger_severity(4)
-    return onnxruntime
 
 
 def wants_cuda(n_pages: int | None = None) -> bool:
@@ -79,9 +69,7 @@ def cuda_problem(ort: ModuleType, libcuda: str = "libcuda.so.1") -> str | None:
     version = ctypes.c_int(0)
     if cuda.cuDriverGetVersion(ctypes.byref(version)) != 0:
         return "the NVIDIA driver does not report its CUDA version"
-    from onnxruntime.capi import build_and_package_info
-
-    built_for = getattr(build_and_package_info, "cuda_version", "") or "0"
+    built_for = getattr(ort.capi.build_and_package_info, "cuda_version", "") or "0"
     problem = driver_problem(version.value, int(built_for.split(".")[0]))
     if problem:
         return problem
@@ -91,31 +79,23 @@ def cuda_problem(ort: ModuleType, libcuda: str = "libcuda.so.1") -> str | None:
     return None
 
 
-def cuda_session(ort: ModuleType, model_file: Path, options):
-    """(session on CUDA, None) when CUDA can start, else (None, why not in one line)."""
+def cuda_session(model_file: Path, input_name: str, output_name: str, threads: int, ort: ModuleType | None = None):
+    """(session on CUDA, None) when CUDA can start, else (None, why not in one line). A graph that lacks the
+    input or output is a ModelError, as on the CPU."""
+    ort = ort or load_onnxruntime()
     note = cuda_problem(ort)
     if note is not None:
         return None, note
     if hasattr(ort, "preload_dlls"):
         ort.preload_dlls()  # CUDA and cuDNN from the nvidia-* wheels in site-packages
     try:  # enable_fallback=0: raise, rather than print an "EP Error" block and retry on the CPU
-        session = ort.InferenceSession(str(model_file), options, providers=[(CUDA, CUDA_OPTIONS), CPU],
-                                       enable_fallback=0)
-    except (RuntimeError, ValueError) as exc:
-        return None, f"the CUDA provider failed to start: {_first_line(exc)}"
+        session = build_session(model_file, [(CUDA, CUDA_OPTIONS), CPU], threads, input_name, output_name, ort=ort,
+                                enable_fallback=0)
+    except SessionError as exc:
+        return None, f"the CUDA provider failed to start: {_first_line(exc.__cause__)}"
     if session.get_providers()[0] != CUDA:
         return None, "the CUDA provider's libraries did not load"
     return session, None
-
-
-def session_options(ort: ModuleType, threads: int):
-    """The runtime's session options: all graph optimisations, ``threads`` intra-op threads, quiet."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return options
 
 
 def _first_line(exc: Exception) -> str:

@@ -1,4 +1,4 @@
-"""Work in forked child processes: the stack read beside the model load, and the fold sessions' workers.
+"""Work in forked child processes: the stack read beside the model load, and the member graphs' workers.
 
 onnxruntime holds the GIL while it builds a session, so threads cannot overlap a session build with anything;
 processes can. Parent and child talk through pipes in frames: a JSON header (what follows: dtype and shape, or
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -19,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from runtime.device import CPU, load_onnxruntime, session_options
+from runtime.device import CPU
 from runtime.errors import InputError, ModelError
+from runtime.session import build_session, one_line, run_sessions
 
 _SIZES = struct.Struct("<II")  # header bytes, payload bytes
 
@@ -117,13 +119,22 @@ class ForkedRead:
         return array, header["seconds"]
 
 
-class SessionWorker:
-    """A forked child that loads fold graphs (one onnxruntime CPU session each, ``threads`` threads) and answers
-    batches with their probabilities side by side, [N, len(files)], until the parent closes the pipes. Fork it
-    before this process loads onnxruntime: a child must not inherit onnxruntime's threads and locks."""
+def fork_is_safe() -> bool:
+    """Whether this process may fork :class:`SessionWorker` processes: it has loaded neither onnxruntime nor
+    PyTorch, whose threads and locks a forked child must not inherit. True in a fresh ``process.py`` or
+    ``amf predict``; false in ``amf evaluate``, ``amf calibrate`` and the tests' own process."""
+    return not {"onnxruntime", "torch"} & sys.modules.keys()
 
-    def __init__(self, files: list[Path], threads: int, input_name: str, output_name: str) -> None:
-        self.files = files
+
+class SessionWorker:
+    """A forked child that loads member graphs (one onnxruntime CPU session each, ``threads`` threads; ``prefused``:
+    runtime/session.py) and answers batches with their probabilities side by side, [N, len(files)], until the
+    parent closes the pipes. A failed batch is answered with an error frame, so the pipes stay in step; ``ended``
+    is set once the child is gone (its pipe broken or closed), after which the worker answers nothing more."""
+
+    def __init__(self, files: list[Path], threads: int, input_name: str, output_name: str,
+                 prefused: bool = False) -> None:
+        self.files, self.ended = files, False
         parent_read, child_write = os.pipe()
         child_read, parent_write = os.pipe()
         self._pid = fork_keeping(child_read, child_write)
@@ -133,15 +144,23 @@ class SessionWorker:
             self._read, self._write = parent_read, parent_write
             return
         try:
-            _serve(files, threads, input_name, output_name, child_read, child_write)
+            _serve(files, threads, input_name, output_name, prefused, child_read, child_write)
         finally:
             os._exit(0)
+
+    @property
+    def pid(self) -> int:
+        return self._pid
 
     def wait_ready(self) -> None:
         self._answer()
 
     def submit(self, batch: np.ndarray) -> None:
-        send(self._write, {}, batch)
+        try:
+            send(self._write, {}, batch)
+        except OSError:  # the child is gone (EPIPE)
+            self.ended = True
+            raise ModelError(self._ended_message()) from None
 
     def result(self) -> np.ndarray:
         return self._answer()
@@ -156,27 +175,29 @@ class SessionWorker:
     def _answer(self) -> np.ndarray | None:
         answer = receive(self._read)
         if answer is None:
-            raise ModelError(f"{self.files[0]}: the worker process for {len(self.files)} fold graph(s) ended")
+            self.ended = True
+            raise ModelError(self._ended_message())
         header, array = answer
         if "error" in header:
             raise ModelError(header["error"])
         return array
 
+    def _ended_message(self) -> str:
+        return f"{self.files[0]}: the worker process for {len(self.files)} member graph(s) ended"
 
-def _serve(files: list[Path], threads: int, input_name: str, output_name: str, read: int, write: int) -> None:
-    ort = load_onnxruntime()
-    sessions = []
-    for file in files:
-        try:
-            sessions.append(ort.InferenceSession(str(file), session_options(ort, threads), providers=[CPU]))
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
-            send(write, {"error": f"{file}: cannot load the ONNX fold graph ({exc})"})
-            return
+
+def _serve(files: list[Path], threads: int, input_name: str, output_name: str, prefused: bool, read: int,
+           write: int) -> None:
+    try:
+        sessions = [build_session(f, [CPU], threads, input_name, output_name, prefused) for f in files]
+    except ModelError as exc:
+        send(write, {"error": str(exc)})
+        return
     send(write, {"ready": True})
     while (request := receive(read)) is not None:
         try:
-            probs = np.concatenate([s.run([output_name], {input_name: request[1]})[0] for s in sessions], axis=1)
-        except Exception as exc:  # noqa: BLE001
-            send(write, {"error": f"{files[0]}: the fold graphs failed on a batch ({exc})"})
+            probs = run_sessions(sessions, request[1], input_name, output_name)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
+            send(write, {"error": f"{files[0]}: the member graphs failed on a batch ({one_line(exc)})"})
             continue
         send(write, {}, probs)

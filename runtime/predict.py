@@ -1,15 +1,16 @@
 """Predict many patches or stacks in one process with the container's ensemble (local evaluations).
 
-    amf predict PATH [PATH ...] --out predictions.csv [--weights DIR] [--batch-size 256] [--tta MODE] [--device D]
+    amf predict PATH [PATH ...] --out predictions.csv [--weights DIR] [--batch-size N] [--tta MODE] [--device D]
 
 PATH is a stack (``.tif``/``.tiff``/``.mha``: every page, read by the container's rules), a patch image
 (``.png``/``.jpg``/``.jpeg``/``.bmp``), a folder (searched recursively for both), or a CSV manifest (its
 ``file``, ``image_id``, ``path`` or ``filename`` column, relative to the CSV's folder). Patches go through
-the ensemble in batches, with a progress line on stderr (runtime/progress.py: live in a terminal, plain lines in
-a log). Writes one CSV row per patch: source, page, class, confidence (P(atypical) of the ensemble), and each
-fold model's probability, into a temporary file that is renamed into place at the end (no partial CSV). The
-weights are looked up as process.py does (runtime/contract.py: ``default_weights``). Errors: one
-``amf predict: error: ...`` line on stderr and process.py's exit codes (runtime/errors.py): input 2, output 3, model 4.
+the ensemble ``--batch-size`` per inference run (default: runtime/ensemble.py's ``default_pages_per_run``),
+with a progress line on stderr (runtime/progress.py: live in a terminal, plain lines in a log). Writes one CSV
+row per patch: source, page, class, confidence (P(atypical) of the ensemble), and each member's probability,
+into a temporary file that is renamed into place at the end (no partial CSV). The weights are looked up as
+process.py does (runtime/contract.py: ``default_weights``). Errors: one ``amf predict: error: ...`` line on
+stderr and process.py's exit codes (runtime/errors.py): input 2, output 3, model 4.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 from runtime.contract import PATCH_SIZE, default_weights
 from runtime.ensemble import Ensemble
 from runtime.errors import EXIT_OK, InputError, OutputError
+from runtime.forked import fork_is_safe
 from runtime.progress import Progress
 from runtime.stack import SUFFIXES, fit_size, read_stack, to_uint8
 
@@ -130,8 +132,10 @@ class AtomicCsv:
             self.discard()
 
 
-def predict_files(files: list[Path], ensemble: Ensemble, out: Path, batch: int = 256) -> int:
-    names = ensemble.spec.fold_names
+def predict_files(files: list[Path], ensemble: Ensemble, out: Path) -> int:
+    """Pages go to the ensemble ``ensemble.pages_per_run`` at a time (``--batch-size``)."""
+    names = ensemble.spec.member_names
+    batch = ensemble.pages_per_run
     total = len(files)
     start, done = time.perf_counter(), 0
     buffer: list[tuple[str, int, np.ndarray]] = []
@@ -139,7 +143,7 @@ def predict_files(files: list[Path], ensemble: Ensemble, out: Path, batch: int =
     def flush(writer: AtomicCsv) -> None:
         nonlocal done
         pred = ensemble.predict(np.stack([b[2] for b in buffer]))
-        for (source, page, _), a, c, probs in zip(buffer, pred.atypical, pred.confidence, pred.fold_probs):
+        for (source, page, _), a, c, probs in zip(buffer, pred.atypical, pred.confidence, pred.member_probs):
             writer.writerow([source, page, "atypical" if a else "normal", f"{c:.6f}", *[f"{p:.6f}" for p in probs]])
         done += len(buffer)
         buffer.clear()
@@ -165,10 +169,14 @@ def run(args: argparse.Namespace) -> int:
     if args.device:
         os.environ["AMF_DEVICE"] = args.device
     files = expand(args.paths)
-    ensemble = Ensemble(args.weights or default_weights(), tta=args.tta, vote=args.vote)
+    ensemble = Ensemble(args.weights or default_weights(), tta=args.tta, vote=args.vote, fork=fork_is_safe(),
+                        pages_per_run=args.batch_size)
     note = f" (CUDA not used: {ensemble.device_note})" if ensemble.device_note else ""
-    print(f"{len(files)} file(s); {len(ensemble.thresholds)} fold models on {ensemble.provider} "
-          f"({ensemble.layout}), tta {ensemble.tta}, vote {ensemble.vote}{note}", file=sys.stderr)
-    n = predict_files(files, ensemble, args.out, args.batch_size)
+    print(f"{len(files)} file(s); {ensemble.describe()}, {ensemble.pages_per_run} patches per run{note}",
+          file=sys.stderr)
+    try:
+        n = predict_files(files, ensemble, args.out)
+    finally:
+        ensemble.close()
     print(f"wrote {n} rows to {args.out}", file=sys.stderr)
     return EXIT_OK

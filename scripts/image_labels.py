@@ -31,7 +31,11 @@ WEIGHTS_LABEL = "amf-mtl.weights.sha256."
 
 
 def git(*args: str) -> str | None:
-    proc = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+    """git's answer, or None where it fails or is not installed (a slim build image)."""
+    try:
+        proc = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+    except OSError:
+        return None
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 

@@ -8,6 +8,7 @@ import json
 import shutil
 import struct
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -23,6 +24,48 @@ MULTI_FIXTURE = HERE / "fixtures" / "multi"  # three datasets sharing planted fi
 OTHER_COLUMNS = "path=image,label=class,domain=tumor"  # --columns of MULTI_FIXTURE/other/other.csv
 GC_SAMPLE = ROOT.parent / "shared" / "data" / "gc-sample" / "stack_5.tiff"  # optional, beside the repo
 GC_SAMPLE_2PAGES = HERE / "fixtures" / "gc_sample_2pages.tiff"  # committed: test/fixtures/make_gc_sample_fixture.py
+
+
+
+@pytest.fixture(autouse=True)
+def on_the_cpu(monkeypatch):
+    """Ensembles run on the CPU in every test, GPU or not (the golden answers were made there), unless a test
+    sets AMF_DEVICE itself."""
+    monkeypatch.setenv("AMF_DEVICE", "cpu")
+
+
+
+class StandInOrt:
+    """A stand-in onnxruntime module whose InferenceSession comes up as a CUDA build on a GPU machine would:
+    on ``comes_up_on`` when CUDA is asked for, or raising ``fails_with``. It builds a real CPU session where the
+    graph exists (so that it answers: the CUDA runner's stand-in), else one that only names its input, output
+    and providers. ``calls``: the providers of each session asked for."""
+
+    CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+
+    def __init__(self, fails_with: Exception | None = None, comes_up_on: str = CUDA) -> None:
+        import onnxruntime
+
+        self.fails_with, self.comes_up_on, self.calls, self.preloaded = fails_with, comes_up_on, [], False
+        self._ort = ort = onnxruntime
+        self.SessionOptions, self.GraphOptimizationLevel = ort.SessionOptions, ort.GraphOptimizationLevel
+
+    def preload_dlls(self) -> None:
+        self.preloaded = True
+
+    def InferenceSession(self, path, options, providers, enable_fallback=1):  # noqa: N802 - onnxruntime's name
+        self.calls.append(providers)
+        if providers[0] != self.CPU and self.fails_with is not None:
+            raise self.fails_with
+        first = providers[0] if isinstance(providers[0], str) else providers[0][0]
+        on = self.comes_up_on if first == self.CUDA else self.CPU
+        if Path(path).is_file():
+            real = self._ort.InferenceSession(path, options, providers=[self.CPU])
+            return SimpleNamespace(get_providers=lambda: [on, self.CPU], get_inputs=real.get_inputs,
+                                   get_outputs=real.get_outputs, run=real.run)
+        names = [SimpleNamespace(name="image")], [SimpleNamespace(name="prob")]
+        return SimpleNamespace(get_providers=lambda: [on, self.CPU], get_inputs=lambda: names[0],
+                               get_outputs=lambda: names[1])
 
 
 CHANNEL_WEIGHTS = (3.0, 2.0, 1.0)  # R, G, B: reversing the channels changes the answer
@@ -41,19 +84,21 @@ def tiny_weight_map(height: int, width: int) -> np.ndarray:
 
 def make_tiny_ensemble(folder: Path, offsets=(0.0, 0.2, -0.2, 0.4), tta: str = "none", corner: int | None = None,
                        thresholds=None, cpu_graphs: bool = False, vote: str | None = "majority",
-                       groups=None) -> Path:
+                       groups=None, fails_at: int | None = None) -> Path:
     """ONNX model with the shipped interface: uint8 'image' [N,128,128,3] -> 'prob'/'logit' [N,F], where
     logit = (weighted mean intensity - 128) / 16 + offset per fold, the weights :func:`tiny_weight_map`'s
     (channel- and position-sensitive), computed in float64 so that :func:`tiny_model_probs` is its exact twin
     (NaN offsets give non-finite outputs). With ``corner`` the weighted mean is over the top-left corner x corner
     pixels only. ``thresholds``: the spec's per-fold thresholds (default 0.5 each). ``cpu_graphs``: one graph
     per fold beside it (output [N, 1]), listed as the spec's ``cpu_model_files``. ``vote``: the spec's rule
-    (None: no ``vote`` field, as in old specs); ``groups``: each column's fold (``group``), when given."""
+    (None: no ``vote`` field, as in old specs); ``groups``: each column's fold (``group``), when given.
+    ``fails_at``: the first member's CPU graph fails (onnxruntime raises: a Gather out of range) on any batch with
+    a pixel of at least this value, and answers as the others do on any other batch."""
     folder.mkdir(parents=True, exist_ok=True)
     onnx.save(tiny_graph(offsets, corner), str(folder / "ensemble.onnx"))
     cpu_files = [f"ensemble.cpu.{i}.onnx" for i in range(len(offsets))] if cpu_graphs else []
-    for name, offset in zip(cpu_files, offsets):
-        onnx.save(tiny_graph((offset,), corner), str(folder / name))
+    for i, (name, offset) in enumerate(zip(cpu_files, offsets)):
+        onnx.save(tiny_graph((offset,), corner, fails_at if i == 0 else None), str(folder / name))
     thresholds = [0.5] * len(offsets) if thresholds is None else thresholds
     groups = [None] * len(offsets) if groups is None else groups
     (folder / "ensemble.json").write_text(json.dumps({
@@ -65,8 +110,8 @@ def make_tiny_ensemble(folder: Path, offsets=(0.0, 0.2, -0.2, 0.4), tta: str = "
     return folder
 
 
-def tiny_graph(offsets, corner: int | None) -> onnx.ModelProto:
-    """make_tiny_ensemble's model, one output column per offset."""
+def tiny_graph(offsets, corner: int | None, fails_at: int | None = None) -> onnx.ModelProto:
+    """make_tiny_ensemble's model, one output column per offset; ``fails_at``: see make_tiny_ensemble."""
     size = corner or 128
     nodes = [helper.make_node("Cast", ["image"], ["x"], to=TensorProto.DOUBLE)]
     inits = [numpy_helper.from_array(np.array([1, 2, 3], np.int64), "axes"),
@@ -86,7 +131,15 @@ def tiny_graph(offsets, corner: int | None) -> onnx.ModelProto:
         helper.make_node("Unsqueeze", ["m", "one"], ["m1"]),
         helper.make_node("Sub", ["m1", "centre"], ["c"]),
         helper.make_node("Div", ["c", "scale"], ["z"]),
-        helper.make_node("Add", ["z", "offsets"], ["logit64"]),
+        helper.make_node("Add", ["z", "offsets"], ["logit64"] if fails_at is None else ["logit_ok"]),
+    ]
+    if fails_at is not None:  # + table[brightest pixel]: a zero, or an out-of-range Gather from fails_at on
+        inits.append(numpy_helper.from_array(np.zeros(fails_at), "table"))
+        nodes += [helper.make_node("ReduceMax", ["image"], ["peak"], keepdims=0),
+                  helper.make_node("Cast", ["peak"], ["index"], to=TensorProto.INT64),
+                  helper.make_node("Gather", ["table", "index"], ["nothing"]),
+                  helper.make_node("Add", ["logit_ok", "nothing"], ["logit64"])]
+    nodes += [
         helper.make_node("Sigmoid", ["logit64"], ["prob64"]),
         helper.make_node("Cast", ["logit64"], ["logit"], to=TensorProto.FLOAT),
         helper.make_node("Cast", ["prob64"], ["prob"], to=TensorProto.FLOAT),
@@ -258,6 +311,6 @@ def gc_input(tmp_path) -> Path:
 
 @pytest.fixture(scope="module")
 def patches():
-    from training.data import load_patches
+    from training.data import DataSource, load
 
-    return load_patches(AMIBR_FIXTURE / "manifest.csv", "amibr")
+    return load([DataSource(AMIBR_FIXTURE / "manifest.csv")])

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from training.augment import AugmentConfig, augment
-from training.data import load_datasets
+from training.data import load
 from training.masks import domain_class_groups, generate_masks, save_mask_grid
 from training.network import to_input
 from training.recipe import Recipe
@@ -34,7 +34,7 @@ def sample_views(images: np.ndarray, masks: np.ndarray, cfg: AugmentConfig, view
 
 def run(args: argparse.Namespace, recipe: Recipe) -> None:
     """``amf augment`` (arguments and the recipe: cli/main.py)."""
-    data = load_datasets(args.data, args.split)
+    data = load(args.data, args.split)
     rng = np.random.default_rng(args.seed)
     picked = np.array([rng.choice(group) for group in domain_class_groups(data) if len(group)])
     sample = data.subset(picked)

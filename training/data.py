@@ -13,8 +13,11 @@ Four layouts are built in (`--format`):
 Patches of another size are centre-cropped or edge-padded to 128 x 128 by the runtime's rule
 (``runtime.stack.fit_size``), never resized; each PatchSet counts them (``resized``).
 
-Several datasets load as one PatchSet (:func:`load_datasets`, the ``amf`` data options repeated): each row keeps
-its dataset's name (``datasets``), and with two or more its domain becomes ``dataset:domain``.
+One way in: :func:`check` reads only the CSVs (no images, no torch: ``amf`` checks the data options with it before
+torch loads) and :func:`load` reads the rows a command uses; :func:`load_every_row` adds the rows ``--split`` holds
+out, for the overlap guard (training/guard.py) and ``amf data``. Several datasets (the ``amf`` data options
+repeated) load as one PatchSet: each row keeps its dataset's name (``datasets``), and with two or more its domain
+becomes ``dataset:domain``.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ FORMATS: dict[str, ManifestFormat] = {
                               expert_columns=("expert1", "expert2", "expert3")),
 }
 CSV_FORMAT = "csv"  # --format csv: the columns named by --columns
+FOLDERS = "folders"  # --format folders: ROOT/[domain/]class/*.png, no manifest
 CSV_KEYS = {"path": "path_column", "label": "label_column", "domain": "domain_column", "split": "split_column",
             "votes": "votes_column", "slide": "slide_column", "x": "x_column", "y": "y_column"}
 
@@ -99,15 +103,17 @@ class DataSource:
     domain_column: str | None = None
     columns: str | None = None
 
-    def manifest_format(self) -> str | ManifestFormat:
-        """The format ``load_patches`` takes: its name, or a ManifestFormat (csv, or another domain column)."""
-        if self.format == CSV_FORMAT:
-            fmt = csv_format(self.columns or "")
-        elif self.format in FORMATS and self.domain_column:
-            fmt = FORMATS[self.format]
-        else:
-            return self.format
+    def manifest_format(self) -> ManifestFormat:
+        """Which columns of its manifest hold what: the format's (csv: ``--columns``), ``--domain-column`` in place
+        of the format's domain column. Class folders have no manifest (a ValueError)."""
+        if self.format == FOLDERS:
+            raise ValueError(f"{self.manifest}: class folders (--format {FOLDERS}) have no manifest columns")
+        fmt = csv_format(self.columns or "") if self.format == CSV_FORMAT else FORMATS[self.format]
         return replace(fmt, domain_column=self.domain_column or fmt.domain_column)
+
+    def split_column(self) -> str | None:
+        """The manifest's split column (None: the dataset has no splits, e.g. class folders)."""
+        return None if self.format == FOLDERS else self.manifest_format().split_column
 
 
 @dataclass
@@ -121,7 +127,7 @@ class PatchSet:
     splits: np.ndarray | None = None
     votes: np.ndarray | None = None  # fraction of experts voting atypical, when known
     slides: np.ndarray | None = None  # source slide (``domain/slide``), for slide-grouped cross-validation
-    datasets: np.ndarray | None = None  # each row's dataset name (load_datasets)
+    datasets: np.ndarray | None = None  # each row's dataset name (load)
     slide_files: np.ndarray | None = None  # the slide's file name as the manifest gives it ("" unknown)
     positions: np.ndarray | None = None  # float [N, 2]: x, y on that slide (NaN unknown)
     resized: np.ndarray | None = None  # bool: cropped or padded to the patch size
@@ -134,15 +140,34 @@ class PatchSet:
         pick = lambda a: None if a is None else [a[i] for i in index] if isinstance(a, list) else a[index]  # noqa: E731
         return replace(self, **{f.name: pick(getattr(self, f.name)) for f in fields(self)})
 
-    def where(self, *, split: str | None = None, domains: list[str] | None = None) -> PatchSet:
-        keep = np.ones(len(self), bool)
-        if split is not None:
-            if self.splits is None:
-                raise ManifestError(f"split {split!r} asked for, but the manifest has no split column")
-            keep &= self.splits == split
-        if domains is not None:
-            keep &= np.isin(self.domains, domains)
-        return self.subset(np.flatnonzero(keep))
+
+def check(sources: list[DataSource], split: str | None = None) -> None:
+    """The data options, checked before any image is read (reads the CSVs only; no torch, so ``amf`` calls it before
+    torch loads): each manifest (or class-folder root) exists, ``--root`` is a folder, and ``--split`` selects rows;
+    a ManifestError names what is wrong and the splits there are. With several datasets, ``--split`` applies to
+    those with a split column (it must select rows in each of them) and the others give every row; one dataset
+    must have the split asked for."""
+    if split and len(sources) > 1 and not any(one.split_column() for one in sources):
+        raise ManifestError(f"--split {split!r}: none of the {len(sources)} datasets has a split column "
+                            "(leave --split out)")
+    for one in sources:
+        _check_one(one, split if len(sources) == 1 or one.split_column() else None)
+
+
+def load(sources: list[DataSource], split: str | None = None) -> PatchSet:
+    """The data options' rows as one PatchSet: checked (:func:`check`), loaded, the rows of ``split`` kept where
+    a dataset has a split column."""
+    check(sources, split)
+    each = _load_each(sources)
+    return _concat([data.subset(np.flatnonzero(_in_split(data, split))) for data in each])
+
+
+def load_every_row(sources: list[DataSource], split: str | None = None) -> tuple[PatchSet, np.ndarray]:
+    """Every row of every dataset (checked as by :func:`check`) as one PatchSet, and which of them ``split`` keeps
+    (bool): what the overlap guard and ``amf data`` compare, the held-out rows included."""
+    check(sources, split)
+    each = _load_each(sources)
+    return _concat(each), np.concatenate([_in_split(data, split) for data in each])
 
 
 @dataclass
@@ -157,20 +182,18 @@ class _Row:
     position: tuple[float, float] | None = None
 
 
-def load_patches(source: str | Path, format: str | ManifestFormat = "amibr", root: str | Path | None = None,
-                 patch_size: int = PATCH_SIZE) -> PatchSet:
-    """Load a labelled patch set. ``source`` is a CSV manifest or, with ``format='folders'``, a folder.
+def _load_patches(one: DataSource, patch_size: int = PATCH_SIZE) -> PatchSet:
+    """Load one labelled patch set: a CSV manifest or, with ``--format folders``, a folder.
 
     Paths in a manifest are relative to ``root`` (default: the manifest's folder). Every bad row (missing
     file, unknown label, unreadable image) is collected and reported in one ManifestError. An image of another
     size is centre-cropped or edge-padded to ``patch_size`` (``runtime.stack.fit_size``) and marked ``resized``.
     """
-    source = Path(source)
-    if format == "folders":
+    source, root = Path(one.manifest), one.root
+    if one.format == FOLDERS:
         rows, problems = _scan_folders(source)
     else:
-        fmt = FORMATS[format] if isinstance(format, str) else format
-        rows, problems = _read_manifest(source, fmt, Path(root) if root else source.parent)
+        rows, problems = _read_manifest(source, one.manifest_format(), Path(root) if root else source.parent)
     images = np.zeros((len(rows), patch_size, patch_size, 3), np.uint8)
     resized = np.zeros(len(rows), bool)
 
@@ -210,35 +233,23 @@ def load_patches(source: str | Path, format: str | ManifestFormat = "amibr", roo
     )
 
 
-def load_split(source: str | Path, format: str | ManifestFormat = "amibr", root: str | Path | None = None,
-               split: str | None = None) -> PatchSet:
-    """:func:`load_patches`, then only the rows of ``split`` when given (the ``amf`` data options), checked first
-    by :func:`check_split`."""
-    check_split(source, format, root, split)
-    data = load_patches(source, format, root)
-    return data.where(split=split) if split else data
-
-
-def check_split(source: str | Path, format: str | ManifestFormat = "amibr", root: str | Path | None = None,
-                split: str | None = None) -> None:
-    """The data options, checked before any image is read (reads the CSV only; no torch, so ``amf`` calls it before
-    torch loads): the manifest (or class-folder root) exists, ``--root`` is a folder, and ``--split`` selects rows;
-    a ManifestError names what is wrong and the splits there are."""
-    source = Path(source)
+def _check_one(one: DataSource, split: str | None) -> None:
+    """:func:`check` for one dataset."""
+    source, root = Path(one.manifest), one.root
     if root is not None and not Path(root).is_dir():
         raise ManifestError(f"--root {root}: not a folder (the folder the manifest's paths are relative to)")
-    if format == "folders":
+    if one.format == FOLDERS:
         if not source.is_dir():
             raise ManifestError(f"{source}: not a folder (--format folders reads ROOT/[domain/]class/*.png)")
         if split:
             raise ManifestError(f"--split {split!r}: class folders have no splits (--format folders reads every image)")
         return
     _manifest_file(source)
-    column = (FORMATS[format] if isinstance(format, str) else format).split_column
+    column = one.split_column()
     if not split:
         return
     if column is None:
-        kind = f"a {format}" if isinstance(format, str) else "this"
+        kind = f"a {one.format}" if one.format in FORMATS else "this"
         raise ManifestError(f"--split {split!r}: {kind} manifest has no split column (leave --split out)")
     with source.open(newline="") as f:
         splits = Counter((row.get(column) or "").strip() for row in csv.DictReader(f))
@@ -247,31 +258,12 @@ def check_split(source: str | Path, format: str | ManifestFormat = "amibr", root
         raise ManifestError(f"--split {split!r}: no row of {source} is in that split; its splits: {there}")
 
 
-def has_split_column(source: DataSource) -> bool:
-    fmt = source.manifest_format()
-    return fmt != "folders" and (FORMATS[fmt] if isinstance(fmt, str) else fmt).split_column is not None
-
-
-def check_datasets(sources: list[DataSource], split: str | None = None) -> None:
-    """:func:`check_split` for each dataset (CSV only, no images, no torch). With several, ``--split`` applies to
-    those with a split column (it must select rows in each of them) and the others contribute every row."""
-    if len(sources) == 1:
-        one = sources[0]
-        check_split(one.manifest, one.manifest_format(), one.root, split)
-        return
-    if split and not any(map(has_split_column, sources)):
-        raise ManifestError(f"--split {split!r}: none of the {len(sources)} datasets has a split column "
-                            "(leave --split out)")
-    for one in sources:
-        check_split(one.manifest, one.manifest_format(), one.root, split if has_split_column(one) else None)
-
-
-def load_sources(sources: list[DataSource]) -> list[PatchSet]:
+def _load_each(sources: list[DataSource]) -> list[PatchSet]:
     """Every row of each dataset, named (``datasets``); with two or more datasets, domains and slides become
     ``dataset:domain`` and ``dataset:domain/slide``. Prints how many patches of a dataset were cropped or padded."""
-    parts = []
+    each = []
     for one in sources:
-        data = load_patches(one.manifest, one.manifest_format(), one.root)
+        data = _load_patches(one)
         data.datasets = np.full(len(data), one.name)
         if len(sources) > 1:
             data.domains = np.char.add(f"{one.name}:", data.domains.astype(str))
@@ -279,48 +271,34 @@ def load_sources(sources: list[DataSource]) -> list[PatchSet]:
         if data.resized.any():
             print(f"{one.name}: {int(data.resized.sum())} of {len(data)} patches cropped or padded to "
                   f"{PATCH_SIZE}x{PATCH_SIZE} (runtime rule: centre crop, edge pad)")
-        parts.append(data)
-    return parts
+        each.append(data)
+    return each
 
 
-def in_split(data: PatchSet, split: str | None) -> np.ndarray:
+def _in_split(data: PatchSet, split: str | None) -> np.ndarray:
     """Rows that ``--split`` selects: all of a dataset without a split column (or without ``split``)."""
     return np.ones(len(data), bool) if not split or data.splits is None else data.splits == split
 
 
-def concat(parts: list[PatchSet]) -> PatchSet:
-    """One PatchSet of several; a field some parts lack is filled (no split, votes unknown, each patch its own
+def _concat(each: list[PatchSet]) -> PatchSet:
+    """One PatchSet of several; a field some of them lack is filled (no split, votes unknown, each patch its own
     slide, no slide file, no position)."""
-    if len(parts) == 1:
-        return parts[0]
+    if len(each) == 1:
+        return each[0]
     fill = {"splits": lambda p: np.full(len(p), ""), "votes": lambda p: np.full(len(p), np.nan, np.float32),
             "slides": lambda p: np.array([f"{d}/{Path(f).name}" for d, f in zip(p.domains, p.paths)]),
             "slide_files": lambda p: np.full(len(p), ""), "positions": lambda p: np.full((len(p), 2), np.nan),
             "datasets": lambda p: np.full(len(p), ""), "resized": lambda p: np.zeros(len(p), bool)}
     joined = {}
     for f in fields(PatchSet):
-        values = [getattr(p, f.name) for p in parts]
+        values = [getattr(p, f.name) for p in each]
         if f.name == "paths":
             joined[f.name] = [path for v in values for path in v]
         elif all(v is None for v in values):
             joined[f.name] = None
         else:
-            joined[f.name] = np.concatenate([fill[f.name](p) if v is None else v for p, v in zip(parts, values)])
+            joined[f.name] = np.concatenate([fill[f.name](p) if v is None else v for p, v in zip(each, values)])
     return PatchSet(**joined)
-
-
-def select(parts: list[PatchSet], split: str | None) -> tuple[PatchSet, np.ndarray]:
-    """The rows of :func:`load_sources`'s parts that ``split`` keeps, as one PatchSet, and which rows of
-    ``concat(parts)`` they are (bool)."""
-    chosen = [in_split(p, split) for p in parts]
-    return concat([p.subset(np.flatnonzero(keep)) for p, keep in zip(parts, chosen)]), np.concatenate(chosen)
-
-
-def load_datasets(sources: list[DataSource], split: str | None = None) -> PatchSet:
-    """The ``amf`` data options' rows as one PatchSet: checked (:func:`check_datasets`), loaded, the rows of
-    ``split`` kept where a dataset has a split column. One dataset: as :func:`load_split`."""
-    check_datasets(sources, split)
-    return select(load_sources(sources), split)[0]
 
 
 def _manifest_file(path: Path) -> None:

@@ -17,7 +17,7 @@ import json
 import numpy as np
 
 from training import overlap
-from training.data import PatchSet, concat, load_sources, select
+from training.data import PatchSet, load_every_row
 from training.guard import EXAMPLES
 
 COLUMNS = ("dataset", "domain", "rows", "atypical", "slides", "votes known", "resized")
@@ -66,9 +66,8 @@ def render(rows: list[dict], found: list[dict]) -> str:
 
 def run(args: argparse.Namespace) -> None:
     """``amf data`` (arguments: cli/main.py)."""
-    parts = load_sources(args.data)
-    data = select(parts, args.split)[0]
-    rows, found = table(data), duplicates(concat(parts))
+    everything, chosen = load_every_row(args.data, args.split)
+    rows, found = table(everything.subset(np.flatnonzero(chosen))), duplicates(everything)
     print(render(rows, found))
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from runtime import tta as test_time
+from runtime import vote as voting
 from runtime.contract import MAJORITY, TTA_VIEWS, is_exported
 from runtime.progress import progress_range
-from runtime.vote import vote
-from training.data import load_datasets
+from training.data import load
 from training.guard import evaluation_warning
 from training.metrics import bootstrap_note, evaluate_models, markdown_table, vote_difference, write_report
 from training.report import write_html
@@ -49,7 +49,7 @@ class Scored:
     source: str  # the folder(s) it came from
     short: str  # their names, for titles
     kind: str  # what ran it, for the report
-    folds: list[str]  # the models' names, one per column
+    members: list[str]  # the models' names, one per column
     member_of: list[str]  # the fold each model belongs to
     probs: np.ndarray  # float [N, F], P(atypical) of each fold model
     thresholds: np.ndarray  # float [F]
@@ -63,7 +63,7 @@ class Scored:
     @property
     def vote_name(self) -> str:
         folds = len(set(self.member_of))
-        size = f"{folds} folds" if folds == len(self.folds) else f"{len(self.folds)} models, {folds} folds"
+        size = f"{folds} folds" if folds == len(self.members) else f"{len(self.members)} models, {folds} folds"
         return self._prefixed(f"vote ({size}{'' if self.vote == MAJORITY else ', ' + self.vote})")
 
     def _prefixed(self, name: str) -> str:
@@ -72,9 +72,9 @@ class Scored:
     def results(self, with_vote: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """name -> (probability, predicted class): each fold model at its threshold, then the vote (when
         ``with_vote`` and there is more than one fold)."""
-        out = {self._prefixed(f): (self.probs[:, i], self.probs[:, i] >= self.thresholds[i])
-               for i, f in enumerate(self.folds)}
-        if with_vote and len(self.folds) > 1:
+        out = {self._prefixed(m): (self.probs[:, i], self.probs[:, i] >= self.thresholds[i])
+               for i, m in enumerate(self.members)}
+        if with_vote and len(self.members) > 1:
             out[self.vote_name] = (self.confidence, self.atypical)
         return out
 
@@ -101,8 +101,8 @@ def predict(net, images: np.ndarray, batch_size: int = 64, tta: str = "none", de
 
 
 def score_checkpoints(runs: list[str | Path], images: np.ndarray, tta: str = "none", batch_size: int = 64,
-                      device: str = "cpu", rule: str = MAJORITY) -> Scored:
-    """The fold checkpoints of run folders (or fold folders) as one ensemble, voting by ``rule``. Fold models
+                      device: str = "cpu", vote: str = MAJORITY) -> Scored:
+    """The fold checkpoints of run folders (or fold folders) as one ensemble, voting by ``vote``. Fold models
     are named by their folder, or ``run/fold`` where folders of several runs share a name (members of a fold)."""
     from training.checkpoint import load_pruned, member_names
 
@@ -113,55 +113,49 @@ def score_checkpoints(runs: list[str | Path], images: np.ndarray, tta: str = "no
         columns.append(predict(net, images, batch_size, tta, device, label=str(folder)))
         thresholds.append(float(config.get("threshold", 0.5)))
     probs, member_of = np.stack(columns, 1), [f.name for f in folders]
-    atypical, confidence = vote(probs, thresholds, rule, member_of)
+    atypical, confidence = voting.vote(probs, thresholds, vote, member_of)
     return Scored(", ".join(str(r) for r in runs), ", ".join(Path(r).name for r in runs),
                   "fold checkpoints (PyTorch, fp32)", member_names(folders), member_of, probs,
-                  np.asarray(thresholds), atypical, confidence, tta, rule)
+                  np.asarray(thresholds), atypical, confidence, tta, vote)
 
 
-def score_exported(folder: str | Path, images: np.ndarray, tta: str | None = None, rule: str | None = None) -> Scored:
-    """An exported ensemble exactly as the container runs it (runtime.ensemble.Ensemble); ``tta`` and ``rule``
+def score_exported(folder: str | Path, images: np.ndarray, tta: str | None = None, vote: str | None = None) -> Scored:
+    """An exported ensemble exactly as the container runs it (runtime.ensemble.Ensemble); ``tta`` and ``vote``
     override the spec's."""
     from runtime.ensemble import Ensemble
 
-    ensemble = Ensemble(folder, tta=tta, vote=rule)
+    ensemble = Ensemble(folder, tta=tta, vote=vote)
     start = time.perf_counter()
-    parts = [ensemble.predict(images[i:i + EXPORTED_CHUNK])  # in chunks, for the progress line
-             for i in progress_range(len(images), EXPORTED_CHUNK, str(folder))]
-    probs, atypical, confidence = (np.concatenate([getattr(p, name) for p in parts])
-                                   for name in ("fold_probs", "atypical", "confidence"))
+    chunks = [ensemble.predict(images[i:i + EXPORTED_CHUNK])  # in chunks, for the progress line
+              for i in progress_range(len(images), EXPORTED_CHUNK, str(folder))]
+    probs, atypical, confidence = (np.concatenate([getattr(c, name) for c in chunks])
+                                   for name in ("member_probs", "atypical", "confidence"))
     seconds = time.perf_counter() - start
     print(f"{folder}: {len(images)} patches, {ensemble.provider}, {seconds:.1f} s "
           f"({len(images) / max(seconds, 1e-9):.1f} patches/s)")
     quant = (json.loads(ensemble.spec.path.read_text()).get("provenance") or {}).get("quantization") or {}
     kind = "exported ensemble (onnxruntime" + (f", int8 {quant['mode']}" if "mode" in quant else "") + ")"
-    return Scored(str(folder), Path(folder).name, kind, list(ensemble.spec.fold_names), list(ensemble.spec.member_of),
+    return Scored(str(folder), Path(folder).name, kind, list(ensemble.spec.member_names), list(ensemble.spec.member_of),
                   probs, np.asarray(ensemble.thresholds, float), atypical, confidence, ensemble.tta, ensemble.vote,
                   extra={"provider": ensemble.provider})
 
 
 def score_sources(sources: list[str | Path], images: np.ndarray, tta: str | None = None, batch_size: int = 64,
-                  device: str = "auto", rule: str | None = None) -> list[Scored]:
+                  device: str = "auto", vote: str | None = None) -> list[Scored]:
     """Each exported ensemble, and all checkpoint sources together, in the order given; named A, B, ... when
-    there are several. ``tta`` and ``rule`` None: the spec's mode and vote for an exported ensemble, none and
+    there are several. ``tta`` and ``vote`` None: the spec's mode and vote for an exported ensemble, none and
     majority for checkpoints."""
     runs = [s for s in sources if not is_exported(s)]
     scored = []
     for s in sources:
         if is_exported(s):
-            scored.append(score_exported(s, images, tta, rule))
+            scored.append(score_exported(s, images, tta, vote))
         elif s == runs[0]:
-            scored.append(score_checkpoints(runs, images, tta or "none", batch_size, device, rule or MAJORITY))
+            scored.append(score_checkpoints(runs, images, tta or "none", batch_size, device, vote or MAJORITY))
     if len(scored) > 1:
         for key, one in zip("ABCDEFGHIJKLMNOPQRSTUVWXYZ", scored):
             one.key = key
     return scored
-
-
-def evaluate_run(runs: list[str | Path], images: np.ndarray, tta: str = "none", vote_folds: bool = True,
-                 batch_size: int = 64, device: str = "cpu") -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Fold checkpoints as one ensemble: per fold model and the vote, name -> (probability, predicted class)."""
-    return score_checkpoints(runs, images, tta, batch_size, device).results(vote_folds)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -170,7 +164,7 @@ def run(args: argparse.Namespace) -> None:
 
     if args.device in ("cpu", "cuda"):  # the exported ensembles' device (runtime/device.py), as amf predict
         os.environ["AMF_DEVICE"] = args.device
-    data = load_datasets(args.data, args.split)
+    data = load(args.data, args.split)
     warning = evaluation_warning([s for s in args.runs if not is_exported(s)], data)
     if warning:
         print(warning)
@@ -186,7 +180,7 @@ def run(args: argparse.Namespace) -> None:
         for b in scored[1:]:
             comparison[f"vote {a.key} - vote {b.key}"] = vote_difference(
                 data.labels, data.domains, a.atypical, b.atypical, data.slides, args.bootstrap or 2000)
-    sources = [{"key": s.key, "source": s.source, "kind": s.kind, "folds": s.folds,
+    sources = [{"key": s.key, "source": s.source, "kind": s.kind, "folds": s.members,
                 "thresholds": [float(t) for t in s.thresholds], "tta": s.tta, "vote": s.vote, **s.extra}
                for s in scored]
     write_report(table, data.labels, results, args.out, title, note, sources, comparison, warning)

@@ -47,7 +47,7 @@ from runtime.errors import ModelError
 from runtime.version import __version__
 from training.checkpoint import load_pruned, member_names, selected_score
 from training.cpu_graph import write_cpu_graphs
-from training.data import PatchSet, load_datasets
+from training.data import PatchSet, load
 from training.network import to_input
 from training.quantize import (
     accuracy_guard,
@@ -90,65 +90,65 @@ def export_onnx(graph: EnsembleGraph, path: Path) -> None:
     program.save(str(path))
 
 
-Part = tuple[onnx.ModelProto, list[dict], list[str]]  # a float graph, its fold entries, the sources it read
+FloatGraph = tuple[onnx.ModelProto, list[dict], list[str]]  # a float graph, its members' spec entries, files read
 
 
-def float_graph(sources: list[str | Path]) -> Part:
-    """(float graph, fold entries of the spec, source folders): from fold checkpoints, from exported ensembles
-    with their weights expanded (their int8 weights exactly; re-quantised with the rest), or from both: the graphs
-    side by side (:func:`side_by_side`), members named ``SOURCE/fold`` where two would share a name."""
+def float_graph(sources: list[str | Path]) -> FloatGraph:
+    """(float graph, the spec entries of its members, source folders): from fold checkpoints, from exported
+    ensembles with their weights expanded (their int8 weights exactly; re-quantised with the rest), or from both:
+    the graphs side by side (:func:`side_by_side`), members named ``SOURCE/fold`` where two would share a name."""
     exported = [s for s in sources if is_exported(s)]
     runs = [s for s in sources if not is_exported(s)]
-    parts = [_expanded(s) for s in exported] + ([_from_checkpoints(runs)] if runs else [])
-    if len(parts) == 1:
-        return parts[0]
-    folds = [entry for _, entries, _ in parts for entry in entries]
-    if len({f["name"] for f in folds}) < len(folds):  # e.g. weights/ and a run of the same folds
+    graphs = [_expanded(s) for s in exported] + ([_from_checkpoints(runs)] if runs else [])
+    if len(graphs) == 1:
+        return graphs[0]
+    members = [entry for _, entries, _ in graphs for entry in entries]
+    if len({m["name"] for m in members}) < len(members):  # e.g. weights/ and a run of the same folds
         labels = [Path(s).name for s in exported] + [None]
-        folds = [{**entry, "group": entry.get("group", entry["name"]),
-                  "name": f"{label}/{entry['name']}" if label else entry["name"]}
-                 for (_, entries, _), label in zip(parts, labels) for entry in entries]
-    return side_by_side([model for model, _, _ in parts]), folds, [used for _, _, part in parts for used in part]
+        members = [{**entry, "group": entry.get("group", entry["name"]),
+                    "name": f"{label}/{entry['name']}" if label else entry["name"]}
+                   for (_, entries, _), label in zip(graphs, labels) for entry in entries]
+    return side_by_side([model for model, _, _ in graphs]), members, [used for _, _, read in graphs for used in read]
 
 
-def _expanded(source: str | Path) -> Part:
+def _expanded(source: str | Path) -> FloatGraph:
     spec = json.loads((Path(source) / SPEC_FILE).read_text())
     model_file = Path(source) / spec["model_file"]
     return expand_weights(onnx.load(str(model_file))), spec["folds"], [str(model_file)]
 
 
-def _from_checkpoints(runs: list[str | Path]) -> Part:
+def _from_checkpoints(runs: list[str | Path]) -> FloatGraph:
     folders = [f for r in runs for f in find_fold_checkpoints(r)]
-    nets, folds = [], []
+    nets, members = [], []
     for folder, name in zip(folders, member_names(folders)):
         net, config = load_pruned(folder)
         nets.append(net)
-        folds.append({"name": name, **({"group": folder.name} if name != folder.name else {}),
-                      "threshold": float(config.get("threshold", 0.5)),
-                      "network": config["network"], "fold": config.get("fold"),
-                      "selected_epoch": config.get("selected_epoch"), "selected_on": config.get("selected_on"),
-                      "selected_score": selected_score(config),
-                      "selected_weights": config.get("selected_weights", "raw")})
+        members.append({"name": name, **({"group": folder.name} if name != folder.name else {}),
+                        "threshold": float(config.get("threshold", 0.5)),
+                        "network": config["network"], "fold": config.get("fold"),
+                        "selected_epoch": config.get("selected_epoch"), "selected_on": config.get("selected_on"),
+                        "selected_score": selected_score(config),
+                        "selected_weights": config.get("selected_weights", "raw")})
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "float.onnx"
         export_onnx(EnsembleGraph(nets).eval(), path)
-        return onnx.load(str(path)), folds, [str(f) for f in folders]
+        return onnx.load(str(path)), members, [str(f) for f in folders]
 
 
 def side_by_side(models: list[onnx.ModelProto]) -> onnx.ModelProto:
     """Ensemble graphs of the same uint8 input as one graph: each model's nodes and tensors under a prefix of its
     own, reading the shared input, and their probability and logit columns concatenated in order."""
-    graphs = [onnx.compose.add_prefix(m, f"part{k}/").graph for k, m in enumerate(models)]
+    graphs = [onnx.compose.add_prefix(m, f"source{k}/").graph for k, m in enumerate(models)]
     nodes, initializers, value_info = [], [], []
     for k, graph in enumerate(graphs):
         for node in graph.node:
-            node.input[:] = [INPUT_NAME if name == f"part{k}/{INPUT_NAME}" else name for name in node.input]
+            node.input[:] = [INPUT_NAME if name == f"source{k}/{INPUT_NAME}" else name for name in node.input]
             nodes.append(node)
         initializers += graph.initializer
         value_info += graph.value_info
     outputs = []
     for name in (PROB_OUTPUT, LOGIT_OUTPUT):
-        nodes.append(onnx.helper.make_node("Concat", [f"part{k}/{name}" for k in range(len(graphs))], [name], axis=1))
+        nodes.append(onnx.helper.make_node("Concat", [f"source{k}/{name}" for k in range(len(graphs))], [name], axis=1))
         outputs.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["batch", None]))
     graph = onnx.helper.make_graph(nodes, "ensemble", [models[0].graph.input[0]], outputs, initializers,
                                    value_info=value_info)
@@ -174,7 +174,7 @@ def export_ensemble(sources: list[str | Path], out: str | Path, data: PatchSet, 
     accuracy guard. The guard scores the CPU graphs, as the container runs them, per member; nothing is written
     when it fails. ``vote``: the rule the spec names."""
     out = Path(out)
-    reference, folds, sources_used = float_graph(sources)
+    reference, members, sources_used = float_graph(sources)
     sample = calibration_sample(data.images, patches, seed)
     model = quantize(onnx.ModelProto.FromString(reference.SerializeToString()), mode, sample, method)
     random = np.random.default_rng(0).integers(0, 256, (16, PATCH_SIZE, PATCH_SIZE, 3), dtype=np.uint8)
@@ -187,9 +187,9 @@ def export_ensemble(sources: list[str | Path], out: str | Path, data: PatchSet, 
         (float_probs, float_random), (int8_probs, int8_random) = (
             np.split(probs, [len(data)]) for probs in (fold_probabilities(reference, images, label="float graph"),
                                                        _probabilities(model_path, cpu_paths, images)))
-        guard = accuracy_guard(validation_ba(float_probs, data, folds), validation_ba(int8_probs, data, folds))
+        guard = accuracy_guard(validation_ba(float_probs, data, members), validation_ba(int8_probs, data, members))
         if enforce_guard and not guard["holds"]:
-            raise GuardError(f"int8 vs float validation BA outside the guard: {guard_table(folds, guard)} "
+            raise GuardError(f"int8 vs float validation BA outside the guard: {guard_table(members, guard)} "
                              "(--no-guard writes the graph anyway)")
         cpu_graphs = None
         if cpu_paths:  # the standard graph (CUDA's) answers as the CPU graphs do
@@ -203,7 +203,7 @@ def export_ensemble(sources: list[str | Path], out: str | Path, data: PatchSet, 
             path.replace(out / path.name)
     model_path = out / MODEL_FILE
     checks = {"random": parity(float_random, int8_random), "real": parity(float_probs, int8_probs)}
-    spec = make_spec(folds, tta, cpu_graphs=bool(cpu_paths), vote=vote, provenance={
+    spec = make_spec(members, tta, cpu_graphs=bool(cpu_paths), vote=vote, provenance={
         "sources": sources_used, "git_commit": _git_commit(), "amf_version": __version__,
         "model_sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(), "model_bytes": model_path.stat().st_size,
         "quantization": {"mode": mode, **({"method": method, "calibration_patches": int(len(sample)),
@@ -222,9 +222,9 @@ def _probabilities(model_path: Path, cpu_paths: list[Path], images: np.ndarray) 
     return np.concatenate([fold_probabilities(p, images, label=f"int8 {p.name}") for p in cpu_paths], axis=1)
 
 
-def guard_table(folds: list[dict], guard: dict) -> str:
-    rows = [f"{f['name']}: {r if r is None else round(r, 4)} -> {q if q is None else round(q, 4)}"
-            for f, r, q in zip(folds, guard["float_ba"], guard["int8_ba"])]
+def guard_table(members: list[dict], guard: dict) -> str:
+    rows = [f"{m['name']}: {r if r is None else round(r, 4)} -> {q if q is None else round(q, 4)}"
+            for m, r, q in zip(members, guard["float_ba"], guard["int8_ba"])]
     return "; ".join(rows) + f"; mean delta {guard['mean_delta']:+.4f} ({'holds' if guard['holds'] else 'fails'})"
 
 
@@ -237,7 +237,7 @@ def _git_commit() -> str | None:
 
 def run(args: argparse.Namespace) -> None:
     """``amf export`` (arguments and their defaults: cli/main.py)."""
-    data = load_datasets(args.data, args.split)
+    data = load(args.data, args.split)
     doc = export_ensemble(args.runs, args.out, data, tta=args.tta, vote=args.vote, mode=args.quantize,
                           method=args.calibration,
                           patches=args.calibration_patches, enforce_guard=not args.no_guard)

@@ -36,6 +36,12 @@ class Fold:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, entry: dict) -> Fold:
+        """The fold that :meth:`to_dict` wrote (config.json's and ensemble.json's ``fold``; JSON lists back to
+        tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()})
+
     def indices(self, domains: np.ndarray,
                 slides: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(train, val, test) row indices for arrays of per-patch domains (and slides, for slide folds)."""

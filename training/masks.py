@@ -28,7 +28,7 @@ from skimage.filters import gaussian, threshold_otsu
 from skimage.morphology import disk, opening, remove_small_holes, remove_small_objects
 
 from runtime.errors import InputError
-from training.data import DataSource, PatchSet, load_datasets
+from training.data import DataSource, PatchSet, load
 
 GENERATOR_VERSION = "hed-otsu-centre-v2"
 TOUCH_RADIUS = 10  # px: components reaching this close to the centre belong to the figure
@@ -151,5 +151,5 @@ def sample_grid(data: PatchSet, out: str | Path, per_class: int = 5, seed: int =
 
 def run(args: argparse.Namespace) -> None:
     """``amf masks`` (arguments: cli/main.py)."""
-    sample_grid(load_datasets(args.data, args.split), args.out, args.per_class, args.seed)
+    sample_grid(load(args.data, args.split), args.out, args.per_class, args.seed)
     print(f"wrote {args.out}")

@@ -21,8 +21,11 @@ import onnx
 from onnx import helper, numpy_helper
 from sklearn.metrics import balanced_accuracy_score
 
+from runtime.contract import INPUT_NAME
 from runtime.contract import PROB_OUTPUT as PROB
+from runtime.device import CPU, cpu_threads
 from runtime.progress import progress_range
+from runtime.session import build_session, run_sessions
 from training.data import PatchSet
 from training.folds import Fold
 
@@ -220,30 +223,26 @@ def _output_axis(node: onnx.NodeProto, ndim: int) -> int:
 
 def fold_probabilities(model: onnx.ModelProto | str | Path, images: np.ndarray, batch: int = 64,
                        label: str = "graph") -> np.ndarray:
-    """The graph's P(atypical) [N, F] on the CPU provider (as the container runs it); progress on stdout as
-    ``label: done/total patches``."""
-    import onnxruntime as ort
-
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return np.concatenate([session.run([PROB], {name: images[i:i + batch]})[0]
+    """The graph's P(atypical) [N, members] on the CPU provider, in a session built as the container builds its
+    own (runtime/session.py); progress on stdout as ``label: done/total patches``."""
+    in_memory = isinstance(model, onnx.ModelProto)
+    session = build_session(model.SerializeToString() if in_memory else model, [CPU], cpu_threads(), INPUT_NAME, PROB,
+                            label=label if in_memory else None)
+    return np.concatenate([run_sessions([session], images[i:i + batch], INPUT_NAME, PROB)
                            for i in progress_range(len(images), batch, label)])
 
 
-def validation_ba(probs: np.ndarray, data: PatchSet, folds: list[dict]) -> list[float | None]:
-    """Per fold (output column), balanced accuracy at its threshold on its own validation part of ``data``
-    (None when the fold names no validation part found in ``data``)."""
+def validation_ba(probs: np.ndarray, data: PatchSet, members: list[dict]) -> list[float | None]:
+    """Per member (output column; its spec entry), balanced accuracy at its threshold on its fold's validation part
+    of ``data`` (None when its fold names no validation part found in ``data``)."""
     scores: list[float | None] = []
-    for column, fold in enumerate(folds):
-        info = fold.get("fold") or {}
-        _, val, _ = Fold(**{**info, "train_domains": tuple(info.get("train_domains", ())),
-                            "val_slides": tuple(info.get("val_slides", ()))}).indices(data.domains, data.slides)
+    for column, member in enumerate(members):
+        _, val, _ = Fold.from_dict(member.get("fold") or {}).indices(data.domains, data.slides)
         labels = data.labels[val].astype(bool)
         if not len(val) or labels.all() or not labels.any():
             scores.append(None)
             continue
-        called = probs[val, column] >= fold.get("threshold", 0.5)
+        called = probs[val, column] >= member.get("threshold", 0.5)
         scores.append(float(balanced_accuracy_score(labels, called)))
     return scores
 

@@ -103,7 +103,7 @@ def _card(i: int, data, one) -> str:
     truth, called = bool(data.labels[i]), bool(one.atypical[i])
     agree = int(((one.probs[i] >= one.thresholds) == called).sum())
     folds = []
-    for name, p, t in zip(one.folds, one.probs[i], one.thresholds):
+    for name, p, t in zip(one.members, one.probs[i], one.thresholds):
         right = (p >= t) == truth
         mark = '<span class="ok">✓</span>' if right else '<span class="bad">✗</span>'
         folds.append(f'<li><span class="n" title="{escape(name)}">{escape(name)}</span>'
@@ -115,7 +115,7 @@ def _card(i: int, data, one) -> str:
     return (f'<figure class="card {"fn" if truth else "fp"}"><img src="{data_uri(patch_png(data.images[i]))}" '
             f'alt="{escape(name)}" width="112" height="112"><figcaption>'
             f'<div class="call">true <b>{CLASSES[truth]}</b>, called <b>{CLASSES[called]}</b></div>{experts}'
-            f'<div>P(atypical) <span class="p">{one.confidence[i]:.3f}</span> · {agree}/{len(one.folds)} folds</div>'
+            f'<div>P(atypical) <span class="p">{one.confidence[i]:.3f}</span> · {agree}/{len(one.members)} folds</div>'
             f'<ul class="folds">{"".join(folds)}</ul>'
             f'<div class="file" title="{escape(str(data.paths[i]))}">{escape(name)}</div>'
             f"</figcaption></figure>")

@@ -43,7 +43,7 @@ from training import curves
 from training.augment import augment, mixup
 from training.averaging import RawOrAverage, averaged_copy
 from training.checkpoint import init_weights, load_weights_only, save_checkpoint
-from training.data import ManifestError, PatchSet, concat, load_sources, select
+from training.data import ManifestError, PatchSet, load_every_row
 from training.device import ACCELERATORS, default_precision, on_gpu
 from training.folds import Fold, make_folds, select_folds
 from training.guard import Guarded, guard, record_training_rows
@@ -56,7 +56,7 @@ from training.run_files import CURVES_FILE, EARLIER_METRICS, METRICS_FILE, WEIGH
 from training.sampling import make_loader
 from training.side_by_side import train_side_by_side
 from training.terms import STATE_NAMES, Targets, loss_terms, weighted_losses
-from training.validation import ValidationEpoch
+from training.validation_epoch import ValidationEpoch
 
 
 class MitosisTask(L.LightningModule):
@@ -65,7 +65,7 @@ class MitosisTask(L.LightningModule):
     Build: the network, its task terms (validated too) and the training-only terms on its embedding, and with
     ``weight_averaging=ema`` an averaged copy (``averaged``) that the callback the task brings (averaging.py)
     updates, validates and selects from. Step: augment, MixUp, forward, the weighted sum of the terms. Validate:
-    each validated network's losses per batch, its BA and AUROC per epoch (validation.py: each patch once over the
+    each validated network's losses per batch, its BA and AUROC per epoch (validation_epoch.py: each patch once over the
     processes of DDP). The training-only heads live here, not in the network, so that exports hold the network alone.
     """
 
@@ -344,8 +344,8 @@ def fold_weights(init: Path, fold_name: str) -> Path:
 def run(args: argparse.Namespace, recipe: Recipe) -> int:
     """``amf train`` (cli/main.py parses the arguments and builds ``recipe`` with ``recipe.build_recipe``); the exit
     status: 0, or 1 when a fold trained side by side (``--jobs``) failed."""
-    sources = load_sources(args.data)
-    data, chosen = select(sources, args.split)
+    everything, chosen = load_every_row(args.data, args.split)
+    data = everything.subset(np.flatnonzero(chosen))
     domains = ", ".join(sorted(set(map(str, data.domains))))
     print(f"{len(data)} patches, {int(data.labels.sum())} atypical, domains {domains}; "
           f"{torch.get_num_threads()} CPU threads")
@@ -358,8 +358,8 @@ def run(args: argparse.Namespace, recipe: Recipe) -> int:
             print(f"[{fold.name}] finished earlier, skipped")
         folds = [f for f in folds if not (args.out / f.name / WEIGHTS_FILE).is_file()]
     guarded = Guarded(data)
-    if len(sources) > 1:  # figures two datasets share: refused unless dropped or allowed
-        guarded = guard(concat(sources), chosen, folds, drop=args.drop_overlap, allow=args.allow_overlap)
+    if len(args.data) > 1:  # figures two datasets share: refused unless dropped or allowed
+        guarded = guard(everything, chosen, folds, drop=args.drop_overlap, allow=args.allow_overlap)
         data = guarded.data
     masks = None
     if has_decoders(recipe.network) and folds:

@@ -22,7 +22,7 @@ def test_the_spec_round_trips_its_vote_rule_and_members(rule, tmp_path):
     (tmp_path / SPEC_FILE).write_text(json.dumps(make_spec(MEMBERS, "d4", {"sources": []}, vote=rule)))
     spec = read_spec(tmp_path)
     assert spec.vote == rule and spec.tta == "d4"
-    assert spec.fold_names == ["run1/val-a", "run2/val-a", "run1/val-b", "run2/val-b"]
+    assert spec.member_names == ["run1/val-a", "run2/val-a", "run1/val-b", "run2/val-b"]
     assert spec.member_of == ["val-a", "val-a", "val-b", "val-b"]
     assert spec.thresholds.tolist() == [0.4, 0.5, 0.6, 0.7]
     assert [f.name for f in spec.cpu_model_files] == [f"ensemble.cpu.{i}.onnx" for i in range(4)]
@@ -36,7 +36,7 @@ def test_make_spec_refuses_an_unknown_rule():
 
 def test_an_old_spec_means_majority_with_a_fold_per_column(tmp_path):
     spec = read_spec(make_tiny_ensemble(tmp_path / "w", vote=None))
-    assert spec.vote == MAJORITY and spec.member_of == spec.fold_names == ["fold0", "fold1", "fold2", "fold3"]
+    assert spec.vote == MAJORITY and spec.member_of == spec.member_names == ["fold0", "fold1", "fold2", "fold3"]
 
 
 def test_a_spec_with_an_unknown_rule_is_a_model_error(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from conftest import ROOT, make_tiny_ensemble, real_pages
+from conftest import ROOT, StandInOrt, make_tiny_ensemble, real_pages
 
 from runtime import device
 from runtime.ensemble import Ensemble
@@ -56,28 +56,10 @@ def test_cpu_session_when_cuda_is_not_wanted(tmp_path, monkeypatch):
     assert ens.provider == "CPUExecutionProvider" and ens.device_note is None
 
 
-class StandInOrt:
-    """A stand-in onnxruntime module: its InferenceSession answers as a CUDA build on a machine would."""
-
-    def __init__(self, fails_with: Exception | None = None, comes_up_on: str = device.CUDA) -> None:
-        self.fails_with, self.comes_up_on, self.calls, self.preloaded = fails_with, comes_up_on, [], False
-
-    def preload_dlls(self) -> None:
-        self.preloaded = True
-
-    def InferenceSession(self, path, options, providers, enable_fallback=1):  # noqa: N802 - onnxruntime's name
-        self.calls.append(providers)
-        if providers[0] != device.CPU and self.fails_with is not None:
-            raise self.fails_with
-        first = providers[0] if isinstance(providers[0], str) else providers[0][0]
-        on = self.comes_up_on if first == device.CUDA else device.CPU
-        return SimpleNamespace(get_providers=lambda: [on, device.CPU])
-
-
 def test_cuda_session_starts_with_its_options(monkeypatch):
     monkeypatch.setattr(device, "cuda_problem", lambda ort: None)
     ort = StandInOrt()
-    session, note = device.cuda_session(ort, "m.onnx", None)
+    session, note = device.cuda_session("m.onnx", "image", "prob", 2, ort=ort)
     assert note is None and session.get_providers()[0] == device.CUDA and ort.preloaded
     assert ort.calls == [[(device.CUDA, device.CUDA_OPTIONS), device.CPU]]
     assert device.CUDA_OPTIONS["use_tf32"] == "0"  # answers comparable with the CPU's
@@ -93,7 +75,7 @@ def test_cuda_session_starts_with_its_options(monkeypatch):
 ])
 def test_cuda_that_fails_or_silently_falls_back_becomes_a_note_and_no_session(ort, words, monkeypatch):
     monkeypatch.setattr(device, "cuda_problem", lambda ort: None)
-    session, note = device.cuda_session(ort, "m.onnx", None)
+    session, note = device.cuda_session("m.onnx", "image", "prob", 2, ort=ort)
     assert note == words and session is None
     assert ort.calls == [[(device.CUDA, device.CUDA_OPTIONS), device.CPU]]  # the CPU session is the ensemble's
 
@@ -101,7 +83,7 @@ def test_cuda_that_fails_or_silently_falls_back_becomes_a_note_and_no_session(or
 def test_cuda_problem_found_first_costs_no_cuda_session(monkeypatch):
     monkeypatch.setattr(device, "cuda_problem", lambda ort: "no NVIDIA driver in this container")
     ort = StandInOrt()
-    session, note = device.cuda_session(ort, "m.onnx", None)
+    session, note = device.cuda_session("m.onnx", "image", "prob", 2, ort=ort)
     assert note == "no NVIDIA driver in this container" and session is None and ort.calls == [] and not ort.preloaded
 
 
@@ -112,7 +94,7 @@ def test_cuda_that_cannot_start_falls_back_to_the_cpu_with_the_reason(tmp_path, 
     ens = Ensemble(make_tiny_ensemble(tmp_path / "w"))
     assert ens.provider == "CPUExecutionProvider"
     assert "CPU build" in ens.device_note or "no NVIDIA driver" in ens.device_note
-    assert ens.predict(real_pages(2)).fold_probs.shape == (2, 4)
+    assert ens.predict(real_pages(2)).member_probs.shape == (2, 4)
 
 
 @pytest.mark.parametrize("setting, gpu, min_pages, expected", [
@@ -125,10 +107,10 @@ def test_page_count_matters_only_for_a_visible_gpu_with_a_minimum(setting, gpu, 
 
 
 def test_cuda_that_cannot_start_leaves_the_cpu_graphs_to_the_cpu(monkeypatch):
-    """After a failed CUDA start the ensemble runs its per-fold CPU graphs (in this process: onnxruntime is
-    loaded), not the standard graph, and keeps the reason."""
-    monkeypatch.setattr("runtime.ensemble.wants_cuda", lambda n_pages=None: True)
-    monkeypatch.setattr("runtime.ensemble.cuda_session", lambda ort, path, options: (None, "no NVIDIA driver"))
+    """After a failed CUDA start the ensemble runs its per-member CPU graphs (in this process: the caller did not
+    allow forking), not the standard graph, and keeps the reason."""
+    monkeypatch.setattr("runtime.runners.wants_cuda", lambda n_pages=None: True)
+    monkeypatch.setattr("runtime.runners.cuda_session", lambda *args: (None, "no NVIDIA driver"))
     ens = Ensemble(ROOT / "weights")
-    assert (ens.provider, ens.layout, ens.device_note) == (device.CPU, "4 fold graphs", "no NVIDIA driver")
-    assert ens.predict(real_pages(2)).fold_probs.shape == (2, 4)
+    assert (ens.provider, ens.layout, ens.device_note) == (device.CPU, "4 graphs in this process", "no NVIDIA driver")
+    assert ens.predict(real_pages(2)).member_probs.shape == (2, 4)

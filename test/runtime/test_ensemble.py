@@ -22,7 +22,7 @@ CPU = ["CPUExecutionProvider"]
 
 def test_probabilities_and_classes_follow_the_model_and_the_vote(tmp_path):
     pages = real_pages(20)
-    ens = Ensemble(make_tiny_ensemble(tmp_path / "w"), providers=CPU)
+    ens = Ensemble(make_tiny_ensemble(tmp_path / "w"))
     probs = ens.probabilities(pages)
     assert probs.dtype == np.float32 and probs.shape == (20, 4)
     np.testing.assert_allclose(probs, tiny_model_probs(pages), atol=1e-5)
@@ -37,21 +37,11 @@ def test_probabilities_and_classes_follow_the_model_and_the_vote(tmp_path):
 def test_d4_tta_averages_each_fold_over_the_eight_views(tmp_path):
     pages = real_pages(20)  # more than one TTA run (16 pages per run)
     weights = make_tiny_ensemble(tmp_path / "w", tta="d4", corner=40)  # not rotation invariant
-    got = Ensemble(weights, providers=CPU).probabilities(pages)
+    got = Ensemble(weights).probabilities(pages)
     expected = np.mean([tiny_model_probs(v, corner=40) for v in d4_views(pages)], axis=0)
     np.testing.assert_allclose(got, expected, atol=1e-5)
     plain = tiny_model_probs(pages, corner=40)
     assert np.abs(got - plain).max() > 1e-3  # TTA did change something
-
-
-def test_long_stacks_run_in_batches_with_the_same_answers(tmp_path):
-    pages = np.concatenate([real_pages(16)] * 9)  # 144 pages: 3 runs of at most 64
-    ens = Ensemble(make_tiny_ensemble(tmp_path / "w"), providers=CPU)
-    sizes = []
-    run = ens._run
-    ens._run = lambda batch: sizes.append(len(batch)) or run(batch)
-    np.testing.assert_array_equal(ens.probabilities(pages), np.concatenate([ens.probabilities(pages[:16])] * 9))
-    assert sizes[:3] == [64, 64, 16] and max(sizes) <= 64
 
 
 def test_confidence_is_always_a_json_float():
@@ -66,7 +56,7 @@ def test_confidence_is_always_a_json_float():
     ("names", ["expected input 'pixels'"]),
     ("tta", ["unknown tta"]),
     ("spec", ["unusable ensemble spec"]),
-    ("onnx", ["cannot load the ONNX ensemble"]),
+    ("onnx", ["cannot load the ONNX graph"]),
 ])
 def test_model_problems_are_model_errors(problem, words, tmp_path):
     weights = make_tiny_ensemble(tmp_path / "w",
@@ -84,14 +74,14 @@ def test_model_problems_are_model_errors(problem, words, tmp_path):
         (weights / "ensemble.onnx").write_bytes(b"not a model")
     (weights / "ensemble.json").write_text(json.dumps(spec))
     with pytest.raises(ModelError) as info:
-        Ensemble(weights, providers=CPU).probabilities(real_pages(16))
+        Ensemble(weights).probabilities(real_pages(16))
     for word in words:
         assert word in str(info.value)
 
 
 def test_wrong_page_shape_is_refused(tmp_path):
     with pytest.raises(ModelError, match="takes uint8"):
-        Ensemble(make_tiny_ensemble(tmp_path / "w"), providers=CPU).probabilities(np.zeros((2, 64, 64, 3), np.uint8))
+        Ensemble(make_tiny_ensemble(tmp_path / "w")).probabilities(np.zeros((2, 64, 64, 3), np.uint8))
 
 
 def test_shipped_graph_answers_a_page_the_same_alone_and_in_a_batch():
@@ -103,7 +93,7 @@ def test_shipped_graph_answers_a_page_the_same_alone_and_in_a_batch():
     graph = onnx.load(str(weights / "ensemble.onnx"), load_external_data=False)
     ops = {n.op_type for n in graph.graph.node}
     assert "QuantizeLinear" in ops and not ops & {"DynamicQuantizeLinear", "DynamicQuantizeMatMul", "MatMulInteger"}
-    ens = Ensemble(weights, providers=CPU)
+    ens = Ensemble(weights)
     pages = real_pages(16)
     pages[1:] = 255 - pages[1:]  # neighbours far from page 0 in intensity
     batch = ens.probabilities(pages)
@@ -112,14 +102,14 @@ def test_shipped_graph_answers_a_page_the_same_alone_and_in_a_batch():
 
 
 def test_shipped_cpu_graphs_are_the_standard_graph_fused_and_cut_per_fold_without_their_own_weights():
-    """CPU sessions load ensemble.cpu.<fold>.onnx, whose tensors are read from ensemble.onnx's bytes: together
+    """CPU sessions load ensemble.cpu.<member>.onnx, whose tensors are read from ensemble.onnx's bytes: together
     they must answer as the standard graph (the one the CUDA provider loads) does, to the last bit on the CPU."""
     import onnx
     import onnxruntime as ort
 
     weights = ROOT / "weights"
-    ens = Ensemble(weights, providers=CPU)
-    assert ens.layout == "4 fold graphs"  # onnxruntime is loaded in this process: no worker processes
+    ens = Ensemble(weights)
+    assert ens.layout == "4 graphs in this process"  # no fork asked for
     for path in ens.spec.cpu_model_files:
         fused = onnx.load(str(path), load_external_data=False)
         ops = {n.op_type for n in fused.graph.node}
@@ -129,7 +119,7 @@ def test_shipped_cpu_graphs_are_the_standard_graph_fused_and_cut_per_fold_withou
         assert {e.value for t in external for e in t.external_data if e.key == "location"} == {"ensemble.onnx"}
         assert path.stat().st_size < (weights / "ensemble.onnx").stat().st_size / 100
     pages = real_pages(16)
-    standard = ort.InferenceSession(str(weights / "ensemble.onnx"), providers=CPU)
+    standard = ort.InferenceSession(str(weights / "ensemble.onnx"))
     np.testing.assert_array_equal(ens.probabilities(pages), standard.run(["prob"], {"image": pages})[0])
 
 
@@ -150,7 +140,7 @@ weights, n, expected = sys.argv[1], int(sys.argv[2]), np.array(json.loads(sys.ar
 pages = np.stack([np.full((128, 128, 3), v, np.uint8) for v in (60, 128, 200)])
 
 def open_ensembles():
-    ensembles = [Ensemble(weights) for _ in range(n)]
+    ensembles = [Ensemble(weights, fork=True) for _ in range(n)]
     assert all("worker processes" in e.layout for e in ensembles), [e.layout for e in ensembles]
     np.testing.assert_allclose(ensembles[-1].probabilities(pages), expected, atol=1e-6)
     return ensembles
@@ -158,7 +148,7 @@ def open_ensembles():
 for order in itertools.permutations(range(n)):
     ensembles = open_ensembles()
     for i in order:
-        pids = [w._pid for w in ensembles[i]._workers]
+        pids = ensembles[i].runner.pids
         ensembles[i].close()
         assert all(not os.path.exists(f"/proc/{pid}") for pid in pids), f"workers of {i} still there"
 left_open = open_ensembles()  # the interpreter's exit ends these

@@ -15,7 +15,7 @@ CPU = ["CPUExecutionProvider"]
 @pytest.mark.parametrize("corner", [None, 40])
 def test_tiny_model_tells_channel_order_and_every_orientation_apart(corner, tmp_path):
     pages = real_pages(8)
-    ens = Ensemble(make_tiny_ensemble(tmp_path / "w", corner=corner), providers=CPU)
+    ens = Ensemble(make_tiny_ensemble(tmp_path / "w", corner=corner))
     variants = {"as is": pages, "BGR": pages[..., ::-1], "transposed": pages.transpose(0, 2, 1, 3),
                 **{f"d4 view {i}": v for i, v in enumerate(d4_views(pages)) if i}}
     probs = {}
@@ -33,7 +33,7 @@ def test_tiny_model_on_a_uniform_page_is_the_offset_alone(tmp_path):
     offsets = (0.0, 0.5, -1.0, 2.0)
     pages = np.full((2, 128, 128, 3), 128, np.uint8)
     pages[1] = 160  # weighted mean 160: logit = 2 + offset
-    probs = Ensemble(make_tiny_ensemble(tmp_path / "w", offsets=offsets), providers=CPU).probabilities(pages)
+    probs = Ensemble(make_tiny_ensemble(tmp_path / "w", offsets=offsets)).probabilities(pages)
     expected = 1 / (1 + np.exp(-(np.array([[0.0], [2.0]]) + np.array(offsets))))
     np.testing.assert_allclose(probs, expected, atol=1e-7)
     np.testing.assert_allclose(tiny_model_probs(pages, offsets), expected, atol=1e-12)

@@ -117,6 +117,6 @@ def test_requirements_are_the_runtime_and_the_lean_file_pins_the_same_versions()
 def test_onnxruntime_is_imported_in_one_place_with_telemetry_off():
     importers = [path.name for path in RUNTIME_FILES
                  if "onnxruntime" in {name.split(".")[0] for name in imported_modules(path)}]
-    assert importers == ["device.py"]
-    source = (ROOT / "runtime" / "device.py").read_text()
+    assert importers == ["session.py"]
+    source = (ROOT / "runtime" / "session.py").read_text()
     assert source.index('os.environ["ORT_DISABLE_TELEMETRY"] = "1"') < source.index("import onnxruntime")

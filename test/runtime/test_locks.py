@@ -159,3 +159,11 @@ def test_the_model_line_names_the_shipped_graphs_recorded_hash_and_commit(tmp_pa
     del doc["provenance"]
     (tmp_path / "ensemble.json").write_text(json.dumps(doc))
     assert read_spec(tmp_path).identity() == "sha256 unrecorded, commit unrecorded"
+
+
+def test_the_labels_name_an_unknown_revision_and_source_where_git_is_missing(monkeypatch):
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.delenv("SOURCE_URL", raising=False)
+    found = labels()
+    assert found[OCI + "revision"] == "unknown" and found[OCI + "source"] == "unknown"
+    assert found[OCI + "version"] == __version__

@@ -87,6 +87,7 @@ def test_dockerignore_lets_in_only_what_the_image_copies():
 
 def test_scripts_are_executable():
     for script in ("build.sh", "export.sh", "test/run_container.sh", ".ci/run", ".ci/container", ".ci/stand-in-base",
+                   ".ci/runtime-tests", ".ci/full-tests", ".ci/image",
                    "scripts/lock.sh", "scripts/reproduce_default.sh", "scripts/reproduce_e25_rounds.sh",
                    "bench/install_size.sh"):
         assert (ROOT / script).stat().st_mode & 0o111, script

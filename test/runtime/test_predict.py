@@ -87,3 +87,18 @@ def test_a_missing_model_is_the_model_exit_code(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"amf predict: error: {tmp_path / 'ensemble.json'}: ") and err.count("\n") == 1
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_batch_size_sets_the_pages_per_inference_run(tmp_path, tiny_weights, monkeypatch):
+    """``--batch-size 80`` over five 16-page stacks: one run of 80 pages (it was 64 + 16 whatever the option)."""
+    from runtime.runners import InProcess
+
+    stack = next((HERE / "input").rglob("*.tif"))
+    runs = []
+    run = InProcess.run
+    monkeypatch.setattr(InProcess, "run", lambda self, batch: runs.append(len(batch)) or run(self, batch))
+    for option, expected in ((["--batch-size", "80"], [80]), ([], [64, 16])):
+        runs.clear()
+        assert main(["predict", *[str(stack)] * 5, "--out", str(tmp_path / "p.csv"), "--weights", str(tiny_weights),
+                     *option]) == 0
+        assert runs == expected

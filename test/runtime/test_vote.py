@@ -81,12 +81,12 @@ def test_uniform_pages_vote_as_computed_by_hand():
 
 
 def test_the_ensemble_votes_with_the_thresholds_of_its_spec(tmp_path):
-    ens = Ensemble(make_tiny_ensemble(tmp_path / "w", thresholds=THRESHOLDS), providers=["CPUExecutionProvider"])
+    ens = Ensemble(make_tiny_ensemble(tmp_path / "w", thresholds=THRESHOLDS))
     assert list(ens.thresholds) == THRESHOLDS
     prediction = ens.predict(uniform_pages())
     assert prediction.atypical.tolist() == list(UNIFORM.values())
     np.testing.assert_allclose(prediction.confidence, tiny_model_probs(uniform_pages()).mean(axis=1), atol=1e-6)
-    plain = Ensemble(make_tiny_ensemble(tmp_path / "plain"), providers=["CPUExecutionProvider"])
+    plain = Ensemble(make_tiny_ensemble(tmp_path / "plain"))
     assert plain.predict(uniform_pages()).atypical.tolist() == [False, False, True, True, True, True, True]
 
 
@@ -177,7 +177,7 @@ BY_RULE = {MAJORITY: [False, True, True],  # 128: 3 of 4
 @pytest.mark.parametrize("rule", list(BY_RULE))
 def test_the_ensemble_votes_by_the_rule_its_spec_names(rule, tmp_path):
     weights = make_tiny_ensemble(tmp_path / "w", offsets=SPLIT_OFFSETS, vote=rule, groups=["a", "a", "b", "b"])
-    ens = Ensemble(weights, providers=["CPUExecutionProvider"])
+    ens = Ensemble(weights)
     assert ens.vote == rule and ens.spec.member_of == ["a", "a", "b", "b"]
     prediction = ens.predict(SPLIT_PAGES)
     assert prediction.atypical.tolist() == BY_RULE[rule]
@@ -188,16 +188,16 @@ def test_the_ensemble_votes_by_the_rule_its_spec_names(rule, tmp_path):
 def test_a_spec_without_a_vote_is_majority_and_the_rule_can_be_overridden(tmp_path):
     weights = make_tiny_ensemble(tmp_path / "w", offsets=SPLIT_OFFSETS, vote=None)
     assert "vote" not in json.loads((weights / "ensemble.json").read_text())
-    ens = Ensemble(weights, providers=["CPUExecutionProvider"])
+    ens = Ensemble(weights)
     assert ens.vote == MAJORITY and ens.predict(SPLIT_PAGES).atypical.tolist() == BY_RULE[MAJORITY]
-    other = Ensemble(weights, providers=["CPUExecutionProvider"], vote=MEAN_PROBABILITY)
+    other = Ensemble(weights, vote=MEAN_PROBABILITY)
     assert other.predict(SPLIT_PAGES).atypical.tolist() == BY_RULE[MEAN_PROBABILITY]
     with pytest.raises(ModelError, match="unknown vote rule 'minority'"):
-        Ensemble(weights, providers=["CPUExecutionProvider"], vote="minority")
+        Ensemble(weights, vote="minority")
     spec = json.loads((weights / "ensemble.json").read_text())
     (weights / "ensemble.json").write_text(json.dumps({**spec, "vote": "minority"}))
     with pytest.raises(ModelError, match="ensemble.json: unknown vote rule 'minority'"):
-        Ensemble(weights, providers=["CPUExecutionProvider"])
+        Ensemble(weights)
 
 
 @pytest.mark.parametrize("rule", [MAJORITY, MEAN_PROBABILITY])

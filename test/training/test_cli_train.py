@@ -26,7 +26,7 @@ def test_a_bad_recipe_setting_is_one_line_and_exit_2(setting, message, tmp_path,
 
 
 def test_mixup_with_decoders_is_refused_before_any_image_is_read(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(data, "load_patches", lambda *args: pytest.fail("images read"))
+    monkeypatch.setattr(data, "_load_patches", lambda *args: pytest.fail("images read"))
     assert cli.main(["train", "--manifest", str(AMIBR_FIXTURE / "manifest.csv"), "--out", str(tmp_path / "run"),
                      "--set", "mixup_alpha=0.2"]) == 2
     assert capsys.readouterr().err.startswith("amf train: error: MixUp mixes images but not their masks")

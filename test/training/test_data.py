@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import AMIBR_FIXTURE
 from PIL import Image
 
-from training.data import ManifestError, load_patches
+from training.data import DataSource, ManifestError, load
 
 
 def test_fixture_loads_with_labels_domains_and_votes(patches):
@@ -31,7 +33,7 @@ def test_bad_manifest_rows_are_all_listed_in_one_error(tmp_path):
     manifest = tmp_path / "m.csv"
     manifest.write_text("\n".join([head, ",".join(good), ",".join(bad_label), ",".join(missing), ",".join(unreadable)]))
     with pytest.raises(ManifestError) as err:
-        load_patches(manifest, "amibr", root="/")
+        load([DataSource(manifest, root=Path("/"))])
     msg = str(err.value)
     assert "3 bad row(s)" in msg and "line 3" in msg and "'mitosis-ish'" in msg
     assert "line 4" in msg and "file not found" in msg and "line 5" in msg and "unreadable" in msg
@@ -46,14 +48,14 @@ def test_midog25_and_folder_layouts(tmp_path, patches):
     lines = ["image_id,majority,Tumor"] + [f"{i},{'AMF' if y else 'NMF'},t{i % 2}"
                                            for i, y in enumerate(patches.labels[:4])]
     (tmp_path / "m.csv").write_text("\n".join(lines))
-    m = load_patches(tmp_path / "m.csv", "midog25")
+    m = load([DataSource(tmp_path / "m.csv", "midog25")])
     assert m.labels.tolist() == patches.labels[:4].tolist() and sorted(set(m.domains)) == ["t0", "t1"]
-    f = load_patches(tmp_path / "tree", "folders")
+    f = load([DataSource(tmp_path / "tree", "folders")])
     assert len(f) == 4 and sorted(set(f.domains)) == ["canine-lymphoma", "human-breast"]
     np.testing.assert_array_equal(np.sort(f.images.reshape(4, -1).sum(1)), np.sort(m.images.reshape(4, -1).sum(1)))
 
 
 def test_manifest_slides_are_domain_qualified():
-    data = load_patches(AMIBR_FIXTURE / "manifest.csv")
+    data = load([DataSource(AMIBR_FIXTURE / "manifest.csv")])
     assert data.slides is not None and data.slides[0] == f"{data.domains[0]}/141.tiff"
     assert data.subset(np.array([3, 1])).slides.tolist() == [data.slides[3], data.slides[1]]

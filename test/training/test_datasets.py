@@ -4,6 +4,7 @@ dataset:domain, --split on the datasets that have a split column, and the pairin
 from __future__ import annotations
 
 import argparse
+import csv
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from PIL import Image
 from cli.options import add_data, resolve_data
 from runtime.errors import InputError
 from runtime.stack import fit_size
-from training.data import DataSource, ManifestError, csv_format, load_datasets, load_patches, load_split
+from training.data import DataSource, ManifestError, csv_format, load
 
 MIDOG25 = MULTI_FIXTURE / "midog25" / "midog25.csv"
 
@@ -27,20 +28,20 @@ def sources(*argv: str) -> list[DataSource]:
 
 
 def test_midog25_reads_slides_positions_votes_and_the_chosen_domain_column():
-    data = load_patches(MIDOG25, "midog25")
+    data = load([DataSource(MIDOG25, "midog25")])
     assert data.slide_files[:3].tolist() == ["007.tiff", "091.tiff", "141.tiff"]
     assert data.positions[0].tolist() == [6971, 446]
     # expert1..3 = AMF,AMF,"" -> 2 of 2; NMF,AMF,NMF -> 1 of 3; AMF,NMF,AMF -> 2 of 3
     np.testing.assert_allclose(data.votes[[0, 1, 7]], [1.0, 1 / 3, 2 / 3], rtol=1e-6)
     assert data.labels[:3].tolist() == [1, 0, 1] and "human breast cancer" in data.domains
-    scanners = load_datasets(sources("--manifest", str(MIDOG25), "--format", "midog25", "--domain-column", "Scanner"))
+    scanners = load(sources("--manifest", str(MIDOG25), "--format", "midog25", "--domain-column", "Scanner"))
     assert set(scanners.domains) == {"Hamamatsu XR", "Hamamatsu S360", "Aperio ScanScope CS2", "3D Histech"}
-    species = load_datasets(sources("--manifest", str(MIDOG25), "--format", "midog25", "--domain-column", "Species"))
+    species = load(sources("--manifest", str(MIDOG25), "--format", "midog25", "--domain-column", "Species"))
     assert set(species.domains) == {"Human", "Canine"}
 
 
 def test_other_sizes_are_centre_cropped_or_edge_padded_by_the_runtime_rule():
-    data = load_patches(MIDOG25, "midog25")
+    data = load([DataSource(MIDOG25, "midog25")])
     assert data.images.shape[1:] == (128, 128, 3) and data.resized.tolist() == [0, 1, 0, 0, 1, 1, 0, 0]
     for row in (1, 5):
         original = np.asarray(Image.open(MIDOG25.parent / f"{row + 1}.png").convert("RGB"))
@@ -50,7 +51,7 @@ def test_other_sizes_are_centre_cropped_or_edge_padded_by_the_runtime_rule():
 
 
 def test_the_csv_format_takes_the_columns_the_user_names():
-    data = load_patches(MULTI_FIXTURE / "other" / "other.csv", csv_format(OTHER_COLUMNS))
+    data = load([DataSource(MULTI_FIXTURE / "other" / "other.csv", "csv", columns=OTHER_COLUMNS)])
     assert len(data) == 4 and set(data.domains) == {"human breast (other)"} and data.slides is None
     for bad, words in (("path=image", "name the label column"), ("path=image,colour=x", "'colour=x': expected")):
         with pytest.raises(ManifestError, match=words):
@@ -58,7 +59,7 @@ def test_the_csv_format_takes_the_columns_the_user_names():
 
 
 def test_several_datasets_load_as_one_with_dataset_domains_and_the_split_where_there_is_one():
-    data = load_datasets(sources("--manifest", str(MULTI_FIXTURE / "amibr.csv"), "--manifest", str(MIDOG25),
+    data = load(sources("--manifest", str(MULTI_FIXTURE / "amibr.csv"), "--manifest", str(MIDOG25),
                                  "--format", "amibr", "--format", "midog25", "--manifest",
                                  str(MULTI_FIXTURE / "other" / "other.csv"), "--format", "csv", "--columns",
                                  OTHER_COLUMNS), split="train")
@@ -69,12 +70,16 @@ def test_several_datasets_load_as_one_with_dataset_domains_and_the_split_where_t
     assert np.isnan(data.votes[data.datasets == "other"]).all()
 
 
-def test_one_dataset_loads_exactly_as_before():
+def test_one_dataset_loads_its_split_rows_as_the_manifest_gives_them():
     manifest = AMIBR_FIXTURE / "manifest.csv"
-    new, old = load_datasets(sources("--manifest", str(manifest)), "train"), load_split(manifest, split="train")
-    assert new.domains.tolist() == old.domains.tolist() and new.slides.tolist() == old.slides.tolist()
-    np.testing.assert_array_equal(new.images, old.images)
-    assert set(new.datasets) == {"amibr"}
+    data = load(sources("--manifest", str(manifest)), "train")
+    with manifest.open(newline="") as f:
+        rows = [row for row in csv.DictReader(f) if row["split"] == "train"]
+    assert data.domains.tolist() == [row["domain"] for row in rows]  # no dataset: prefix with one dataset
+    assert data.slides.tolist() == [f"{row['domain']}/{row['slide']}" for row in rows]
+    for image, row in zip(data.images, rows):
+        np.testing.assert_array_equal(image, np.asarray(Image.open(manifest.parent / row["file"]).convert("RGB")))
+    assert set(data.datasets) == {"amibr"}
 
 
 def test_repeated_options_pair_in_order_and_names_are_unique():

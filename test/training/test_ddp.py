@@ -24,7 +24,7 @@ from conftest import AMIBR_FIXTURE, ROOT
 
 from training import train
 from training.checkpoint import load_weights_only
-from training.data import load_patches
+from training.data import DataSource, load
 from training.folds import Fold
 
 # 3 validation patches, an odd count: DistributedSampler pads it to 4 for 2 processes
@@ -36,9 +36,9 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, {root!r})
-from training import train, validation
+from training import train, validation_epoch
 from training.augment import AugmentConfig
-from training.data import load_patches
+from training.data import DataSource, load
 from training.folds import Fold
 from training.masks import generate_masks
 from training.network import NetworkConfig
@@ -64,11 +64,11 @@ def validation_step(self, batch, batch_idx):
     return val_step(self, batch, batch_idx)
 train.MitosisTask.validation_step = validation_step
 
-score = validation.balanced_accuracy_score
+score = validation_epoch.balanced_accuracy_score
 def balanced_accuracy_score(labels, predicted):
     record["metric_inputs"].setdefault(current[0], []).append(len(labels))
     return score(labels, predicted)
-validation.balanced_accuracy_score = balanced_accuracy_score
+validation_epoch.balanced_accuracy_score = balanced_accuracy_score
 
 draw = DomainAwareSampler.__iter__
 def drawn(self):
@@ -78,7 +78,7 @@ def drawn(self):
     yield from indices
 DomainAwareSampler.__iter__ = drawn
 
-data = load_patches({manifest!r}, "amibr")
+data = load([DataSource(Path({manifest!r}))])
 masks = generate_masks(data.images)
 net = NetworkConfig(backbone="resnetv2_18", head_hidden=(32, 16), decoder_channels=(32, 16, 8))
 still = AugmentConfig(d4=False, rotation_deg=0, stain_scale=0, stain_shift=0, brightness=0, contrast=0)
@@ -106,7 +106,7 @@ def test_two_process_ddp_gathers_validation_once_per_patch_and_splits_training(t
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
-    data = load_patches(AMIBR_FIXTURE / "manifest.csv", "amibr")
+    data = load([DataSource(AMIBR_FIXTURE / "manifest.csv")])
     fold = Fold(val_slides=VAL_SLIDES, index=0, n_splits=5)
     train_idx, val_idx, _ = fold.indices(data.domains, data.slides)
     assert (len(train_idx), len(val_idx)) == (13, 3)

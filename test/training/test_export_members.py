@@ -19,7 +19,7 @@ from runtime.ensemble import Ensemble
 from runtime.version import __version__
 from runtime.vote import vote
 from training.checkpoint import save_checkpoint
-from training.data import load_patches
+from training.data import DataSource, load
 from training.network import MultiTaskNet, NetworkConfig
 
 TINY = NetworkConfig(backbone="test_resnet", head_hidden=(8, 4), decoder_channels=(8, 8, 8))
@@ -49,12 +49,12 @@ def test_two_runs_export_as_two_members_of_each_fold_with_the_weights_stored_onc
         assert (weights / name).stat().st_size < standard / 10
     assert len(doc["cpu_model_files"]) == 2
 
-    ensemble = Ensemble(weights, providers=["CPUExecutionProvider"])
+    ensemble = Ensemble(weights)
     assert ensemble.vote == MEAN_THEN_VOTE and ensemble.spec.member_of == ["val-tupac16", "val-tupac16"]
-    images = load_patches(AMIBR_FIXTURE / "manifest.csv").images
+    images = load([DataSource(AMIBR_FIXTURE / "manifest.csv")]).images
     prediction = ensemble.predict(images)
-    assert not np.allclose(prediction.fold_probs[:, 0], prediction.fold_probs[:, 1])  # two networks
-    atypical, confidence = vote(prediction.fold_probs, [0.4, 0.6], MEAN_THEN_VOTE, ["val-tupac16"] * 2)
+    assert not np.allclose(prediction.member_probs[:, 0], prediction.member_probs[:, 1])  # two networks
+    atypical, confidence = vote(prediction.member_probs, [0.4, 0.6], MEAN_THEN_VOTE, ["val-tupac16"] * 2)
     assert np.array_equal(prediction.atypical, atypical) and np.allclose(prediction.confidence, confidence)
     ensemble.close()
 
@@ -71,9 +71,9 @@ def test_calibrate_compares_an_exported_ensemble_with_a_run_on_validation(tmp_pa
     doc = json.loads((out / "calibration.json").read_text())
     assert (out / "comparison.md").read_text().startswith("| candidate | vote |")
     assert not (weights / "calibration.json").exists() and (tmp_path / "run2" / "calibration.json").exists()
-    data = load_patches(AMIBR_FIXTURE / "manifest.csv")
+    data = load([DataSource(AMIBR_FIXTURE / "manifest.csv")])
     val = data.domains == "tupac16"
-    ensemble = Ensemble(weights, providers=["CPUExecutionProvider"])
+    ensemble = Ensemble(weights)
     p = ensemble.probabilities(data.images[val])[:, 0]
     ensemble.close()
     y = data.labels[val]
@@ -106,10 +106,10 @@ def test_an_exported_ensemble_and_a_run_export_as_members_of_one_graph(tmp_path)
     assert [(f["name"], f["group"]) for f in doc["folds"]] == [("w1/val-tupac16", "val-tupac16"),
                                                                ("val-tupac16", "val-tupac16")]
     assert len(doc["cpu_model_files"]) == 2 and len(doc["provenance"]["accuracy_guard"]["int8_ba"]) == 2
-    images = load_patches(AMIBR_FIXTURE / "manifest.csv").images
+    images = load([DataSource(AMIBR_FIXTURE / "manifest.csv")]).images
     alone = []
     for folder in ("w1", "w2", "both"):
-        ensemble = Ensemble(tmp_path / folder, providers=["CPUExecutionProvider"])
+        ensemble = Ensemble(tmp_path / folder)
         alone.append(ensemble.probabilities(images))
         ensemble.close()
     np.testing.assert_allclose(alone[2], np.concatenate(alone[:2], axis=1), atol=0.01)  # seen: 1.3e-4; nets: 0.12 apart

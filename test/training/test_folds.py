@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.folds import lodo_folds, make_folds, slide_kfolds
+from training.folds import Fold, lodo_folds, make_folds, slide_kfolds
 
 
 def test_lodo_folds_never_leak_a_domain(patches):
@@ -38,3 +38,11 @@ def test_slide_kfold_never_splits_a_slide_and_covers_every_patch_once():
         make_folds("slide-kfold", np.full(140, "d"), labels, None)
     with pytest.raises(ValueError, match="unknown cross-validation"):
         make_folds("random", np.full(140, "d"), labels, slides)
+
+
+def test_a_fold_read_back_from_json_is_the_same_fold():
+    import json
+
+    slide_fold = slide_kfolds(np.array([0, 1] * 5), np.array([f"s{i}" for i in range(10)]), n_splits=2)[1]
+    for fold in (*lodo_folds(["a", "b", "c"], hold_out_test=True), slide_fold):
+        assert Fold.from_dict(json.loads(json.dumps(fold.to_dict()))) == fold

@@ -15,7 +15,7 @@ from conftest import MULTI_FIXTURE, OTHER_COLUMNS
 from cli import main as cli
 from runtime.errors import InputError
 from training import overlap
-from training.data import DataSource, concat, load_sources, select
+from training.data import DataSource, load, load_every_row
 from training.folds import lodo_folds
 from training.guard import evaluation_warning, guard
 from training.run_files import TRAINING_PRINTS, TRAINING_ROWS
@@ -39,20 +39,23 @@ def short(path: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def parts():
-    return load_sources(SOURCES)
+def every_row():
+    """Every row of the three datasets, and which of them --split train keeps."""
+    return load_every_row(SOURCES, "train")
 
 
-def test_every_planted_duplicate_is_found_by_its_kind_and_nothing_else(parts):
-    everything = concat(parts)
+def test_every_planted_duplicate_is_found_by_its_kind_and_nothing_else(every_row):
+    everything, _ = every_row
     found = {(short(everything.paths[m.i]), short(everything.paths[m.j]), m.kind)
              for m in overlap.find_overlaps(everything)}
     assert found == {(a, b, overlap.SLIDE_POSITION) for a, b in SLIDE_POSITION} | \
         {(a, b, overlap.PIXELS) for a, b in PIXELS}
 
 
-def test_no_false_pixel_match_within_amibr(parts):
-    prints = overlap.fingerprints(parts[0].images)  # 20 distinct AMi-Br figures: only each with itself
+def test_no_false_pixel_match_within_amibr(every_row):
+    everything, _ = every_row
+    amibr = everything.images[everything.datasets == "amibr"]
+    prints = overlap.fingerprints(amibr)  # 20 distinct AMi-Br figures: only each with itself
     pairs = overlap.pixel_matches(prints, prints)
     assert sorted(map(tuple, pairs.tolist())) == [(i, i) for i in range(len(prints))]
 
@@ -66,9 +69,9 @@ def test_a_held_out_figure_that_comes_back_is_refused_in_one_line(tmp_path, caps
     assert "--drop-overlap" in err and "--allow-overlap" in err and "MIDOG21_114.png" in err
 
 
-def test_drop_overlap_drops_exactly_the_copies_and_the_folds_keep_out_shared_figures(parts, capsys):
-    everything = concat(parts)
-    data, chosen = select(parts, "train")
+def test_drop_overlap_drops_exactly_the_copies_and_the_folds_keep_out_shared_figures(every_row, capsys):
+    everything, chosen = every_row
+    data = everything.subset(np.flatnonzero(chosen))
     folds = lodo_folds(data.domains)
     guarded = guard(everything, chosen, folds, drop=True, allow=False)
     gone = {short(p) for p in data.paths} - {short(p) for p in guarded.data.paths}
@@ -79,8 +82,8 @@ def test_drop_overlap_drops_exactly_the_copies_and_the_folds_keep_out_shared_fig
     assert "--drop-overlap: dropped 4 training row(s)" in capsys.readouterr().out
 
 
-def test_a_fold_whose_held_out_domain_shares_figures_with_its_training_is_refused(parts):
-    everything = concat(parts)
+def test_a_fold_whose_held_out_domain_shares_figures_with_its_training_is_refused(every_row):
+    everything, _ = every_row
     folds = lodo_folds(everything.domains)
     with pytest.raises(InputError, match=r"of fold val-amibr:midog21-aperio-cs2's held-out part"):
         guard(everything, np.ones(len(everything), bool), folds, drop=False, allow=False)
@@ -112,10 +115,10 @@ def test_training_on_several_datasets_uses_dataset_domains_and_records_its_rows(
 
 
 def test_evaluate_warns_when_evaluation_rows_show_figures_the_run_trained_on(run, tmp_path):
-    held_out = select(load_sources([DataSource(AMIBR)]), "test")[0]
+    held_out = load([DataSource(AMIBR)], "test")
     warning = evaluation_warning([run], held_out)
     assert warning.startswith("warning: 4 of 4 evaluation rows") and "2 slide-position, 2 pixels" in warning
-    assert evaluation_warning([run], select(load_sources([DataSource(MIDOG25, "midog25", name="x")]), None)[0]) \
+    assert evaluation_warning([run], load([DataSource(MIDOG25, "midog25", name="x")])) \
         .startswith("warning: 8 of 8")  # another name for midog25's rows: the same figures, by slide and pixels
     out = tmp_path / "report"
     assert cli.main(["evaluate", str(run), "--manifest", str(AMIBR), "--split", "test", "--out", str(out),

@@ -21,7 +21,7 @@ from cli.main import main as amf
 from training import evaluate, train
 from training.augment import AugmentConfig
 from training.checkpoint import init_weights, load_network, load_weights_only, save_checkpoint, selected_score
-from training.data import load_patches
+from training.data import DataSource, load
 from training.masks import generate_masks
 from training.network import MultiTaskNet, NetworkConfig
 from training.recipe import Recipe
@@ -175,13 +175,14 @@ def test_cli_trains_all_folds_resumes_evaluates_and_exports(tmp_path, capsys):
     assert parity["real"]["patches"] == 16 and parity["real"]["class_agreement"] >= 0.9
     model = onnx.load(str(tmp_path / "weights" / "ensemble.onnx"))
     assert any(t.data_type == onnx.TensorProto.INT8 for t in model.graph.initializer)
-    session = ort.InferenceSession(str(tmp_path / "weights" / "ensemble.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(tmp_path / "weights" / "ensemble.onnx"))
     for n in (1, 5):  # dynamic batch
         prob = session.run(["prob"], {"image": np.zeros((n, 128, 128, 3), np.uint8)})[0]
         assert prob.shape == (n, 4) and np.all((prob >= 0) & (prob <= 1))
     # the exported graph reproduces the evaluation's fp32 probabilities
-    ref = evaluate.evaluate_run([out], load_patches(AMIBR_FIXTURE / "manifest.csv").images)
-    got = session.run(["prob"], {"image": load_patches(AMIBR_FIXTURE / "manifest.csv").images})[0]
+    images = load([DataSource(AMIBR_FIXTURE / "manifest.csv")]).images
+    ref = evaluate.score_checkpoints([out], images).results()
+    got = session.run(["prob"], {"image": images})[0]
     np.testing.assert_allclose(got, np.stack([ref[f][0] for f in folds], 1), atol=0.03)
 
     # amf evaluate scores the checkpoints (A, PyTorch) and their export (B, the container's code) on the same

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from cli.main import main as amf
 from runtime.ensemble import Ensemble
 from training import evaluate
-from training.data import load_patches
+from training.data import DataSource, load
 from training.foundation import FoundationBackbone
 from training.recipe import PRESETS
 
@@ -68,7 +68,8 @@ def test_every_preset_trains_end_to_end(name, tmp_path):
     assert {"val/ba", "train/cls"} <= set(columns)
     if name == "seed003":  # the contrastive and domain-adversarial losses ran
         assert {"train/supcon", "train/domain"} <= set(columns)
-    probs = evaluate.evaluate_run([fold], load_patches(AMIBR_FIXTURE / "manifest.csv").images[:4])[fold.name][0]
+    images = load([DataSource(AMIBR_FIXTURE / "manifest.csv")]).images[:4]
+    probs = evaluate.score_checkpoints([fold], images).results()[fold.name][0]
     assert probs.shape == (4,) and np.all((probs >= 0) & (probs <= 1))
 
 
@@ -83,7 +84,7 @@ def test_vit_and_foundation_lora_ensembles_run_in_the_container_runtime(tmp_path
     doc = json.loads((tmp_path / "weights" / "ensemble.json").read_text())
     assert [f["network"]["kind"] for f in doc["folds"]] == ["timm", "foundation"]
     assert doc["provenance"]["parity_vs_float"]["real"]["class_agreement"] >= 0.9
-    images = load_patches(AMIBR_FIXTURE / "manifest.csv").images
-    ref = evaluate.evaluate_run(runs, images)
+    images = load([DataSource(AMIBR_FIXTURE / "manifest.csv")]).images
+    ref = evaluate.score_checkpoints(runs, images).results()
     got = Ensemble(tmp_path / "weights").probabilities(images)
     np.testing.assert_allclose(got, np.stack([ref[f["name"]][0] for f in doc["folds"]], 1), atol=0.03)

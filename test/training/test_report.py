@@ -13,7 +13,7 @@ from conftest import AMIBR_FIXTURE, make_tiny_ensemble, tiny_model_probs
 
 from cli.main import main as amf
 from runtime.vote import vote
-from training.data import load_patches
+from training.data import DataSource, load
 
 OFFSETS = (-2.0, -2.5, -1.5, -3.0)  # the tiny model calls some fixture patches normal, some atypical
 THRESHOLDS = [0.5, 0.4, 0.6, 0.3]
@@ -70,7 +70,7 @@ def evaluate(tmp_path, *sources, extra=()) -> tuple[dict, dict, str]:
 def test_an_exported_ensemble_is_scored_as_the_container_does_and_reported_in_one_page(tmp_path):
     weights = make_tiny_ensemble(tmp_path / "weights", offsets=OFFSETS, thresholds=THRESHOLDS)
     report, page, text = evaluate(tmp_path, weights)
-    data = load_patches(MANIFEST)
+    data = load([DataSource(MANIFEST)])
     probs = tiny_model_probs(data.images, OFFSETS)
     atypical, confidence = vote(probs, THRESHOLDS)
     labels = data.labels.astype(bool)

@@ -50,7 +50,7 @@ def test_a_failing_fold_fails_the_command_and_names_its_log(tmp_path, capsys):
 
 
 def test_side_by_side_on_a_gpu_is_refused_before_any_image_is_read(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(data, "load_patches", lambda *args: pytest.fail("images read"))
+    monkeypatch.setattr(data, "_load_patches", lambda *args: pytest.fail("images read"))
     assert amf(["train", "--manifest", str(AMIBR_FIXTURE / "manifest.csv"), "--out", str(tmp_path / "run"),
                 "--device", "cuda", "--jobs", "2"]) == 2
     err = capsys.readouterr().err

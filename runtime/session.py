@@ -1,0 +1,77 @@
+"""Building an onnxruntime session, written once: for every runner (runtime/runners.py), the CUDA start
+(runtime/device.py) and the training side's scoring (training/quantize.py).
+
+onnxruntime is imported through :func:`load_onnxruntime` only, with its telemetry off. :func:`build_session`
+gives a session with the runtime's options on the providers asked for and checks that the graph has the input and
+the output the caller will use; any failure is a ModelError naming the file (:class:`SessionError` when the session
+could not be made at all, which the CUDA start turns into a fallback note).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+from runtime.errors import ModelError
+
+
+class SessionError(ModelError):
+    """onnxruntime could not make the session (unreadable graph, unknown operator, provider failure); the
+    exception onnxruntime raised is its ``__cause__``."""
+
+
+def load_onnxruntime() -> ModuleType:
+    """onnxruntime with telemetry off: releases after 1.26 write a device ID and a usage database under
+    ~/.cache, look up Microsoft's event server, and warn on stderr when HOME is read-only, unless
+    ORT_DISABLE_TELEMETRY is set before the first import. Its own log lines are silenced: failures reach us
+    as exceptions."""
+    os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(4)
+    return onnxruntime
+
+
+def session_options(ort: ModuleType, threads: int, prefused: bool = False):
+    """The runtime's session options: all graph optimisations (none for a ``prefused`` graph, one that
+    onnxruntime optimised and saved at export: the CPU graphs), ``threads`` intra-op threads, quiet."""
+    options = ort.SessionOptions()
+    level = ort.GraphOptimizationLevel
+    options.graph_optimization_level = level.ORT_DISABLE_ALL if prefused else level.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return options
+
+
+def build_session(model: str | Path | bytes, providers: list, threads: int, input_name: str, output_name: str,
+                  prefused: bool = False, ort: ModuleType | None = None, label: str | None = None, **kwargs):
+    """A session of ``model`` (a file, or a serialised graph with ``label`` naming it in errors) on
+    ``providers`` with :func:`session_options`; ``kwargs`` go to ``InferenceSession`` (the CUDA start's
+    ``enable_fallback=0``). ``ort``: the onnxruntime module (default :func:`load_onnxruntime`'s)."""
+    ort = ort or load_onnxruntime()
+    name = label or str(model)
+    source = model if isinstance(model, bytes) else str(model)
+    options = session_options(ort, threads, prefused)
+    try:
+        session = ort.InferenceSession(source, options, providers=providers, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
+        raise SessionError(f"{name}: cannot load the ONNX graph ({one_line(exc)})") from exc
+    inputs, outputs = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
+    if input_name not in inputs or output_name not in outputs:
+        raise ModelError(f"{name}: expected input {input_name!r} and output {output_name!r}, the graph has "
+                         f"inputs {inputs} and outputs {outputs}")
+    return session
+
+
+def run_sessions(sessions: list, batch: np.ndarray, input_name: str, output_name: str) -> np.ndarray:
+    """Each session's ``output_name`` on ``batch``, side by side: [N, sum of their columns]."""
+    return np.concatenate([s.run([output_name], {input_name: batch})[0] for s in sessions], axis=1)
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An onnxruntime exception's text on one line, at most ``limit`` characters."""
+    return " ".join(str(exc).split())[:limit]
