@@ -4,7 +4,8 @@
 
 Runs COMMAND (default: process.py on test/input into a temporary folder) --repeats times and samples its whole
 process tree (psutil) every 2 ms: the peak of the summed RSS (shared pages counted once per process, an upper
-bound) and of the summed PSS (shared pages split between the processes that map them; Linux). wait4's
+bound), of the summed PSS (shared pages split between the processes that map them; Linux), and of the largest
+single process's RSS (e.g. one of ``amf predict``'s fold workers). wait4's
 ru_maxrss, as in bench/inference_speed.py, sees one process at a time. Prints a Markdown table. Run it on quiet
 cores.
 """
@@ -22,26 +23,27 @@ from pathlib import Path
 import psutil
 
 
-def tree_memory(root: psutil.Process) -> tuple[int, int, int]:
-    """(summed RSS bytes, summed PSS bytes, processes) of root and its descendants now."""
-    rss = pss = count = 0
+def tree_memory(root: psutil.Process) -> tuple[int, int, int, int]:
+    """(summed RSS bytes, summed PSS bytes, processes, the largest process's RSS bytes) of root and its descendants
+    now."""
+    rss = pss = count = largest = 0
     try:
         tree = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0, 0, 0
+        return 0, 0, 0, 0
     for proc in tree:
         try:
             info = proc.memory_full_info()
         except psutil.NoSuchProcess:  # ended between the listing and the read
             continue
-        rss, pss, count = rss + info.rss, pss + info.pss, count + 1
-    return rss, pss, count
+        rss, pss, count, largest = rss + info.rss, pss + info.pss, count + 1, max(largest, info.rss)
+    return rss, pss, count, largest
 
 
-def peak(command: list[str]) -> tuple[int, int, int, float]:
+def peak(command: list[str]) -> tuple[int, int, int, int, float]:
     start = time.perf_counter()
     proc = psutil.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    best = (0, 0, 0)
+    best = (0, 0, 0, 0)
     while proc.poll() is None:
         best = tuple(max(a, b) for a, b in zip(best, tree_memory(proc)))
         time.sleep(0.002)
@@ -58,13 +60,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         command = args.command or [sys.executable, "process.py", "--input", "test/input", "--output", out]
         print(f"`{' '.join(command)}`, {os.cpu_count()} CPUs\n")
-        print("| run | peak summed RSS MB | peak summed PSS MB | most processes at once | wall s |")
-        print("|---|---|---|---|---|")
+        print("| run | peak summed RSS MB | peak summed PSS MB | most processes at once | largest process peak RSS MB "
+              "| wall s |")
+        print("|---|---|---|---|---|---|")
         for run in range(1, args.repeats + 1):
             for name in Path(out).iterdir():
                 name.unlink()
-            rss, pss, count, wall = peak(command)
-            print(f"| {run} | {rss / 2**20:.0f} | {pss / 2**20:.0f} | {count} | {wall:.2f} |")
+            rss, pss, count, largest, wall = peak(command)
+            print(f"| {run} | {rss / 2**20:.0f} | {pss / 2**20:.0f} | {count} | {largest / 2**20:.0f} | {wall:.2f} |")
 
 
 if __name__ == "__main__":

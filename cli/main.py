@@ -18,15 +18,10 @@ import argparse
 import errno
 import sys
 from collections.abc import Callable
-from importlib.util import find_spec
 from pathlib import Path
 
 from cli import checks
 from cli.options import (
-    CALIBRATION_METHODS,
-    PRESETS,
-    QUANTIZE_MODES,
-    SELECTIONS,
     add_batch_size,
     add_data,
     add_device,
@@ -44,12 +39,18 @@ from runtime.contract import is_exported
 from runtime.ensemble import default_pages_per_run
 from runtime.errors import AmfError, InputError, OutputError
 from runtime.version import __version__
+from training.choices import (
+    CALIBRATION_METHOD,
+    CALIBRATION_METHODS,
+    CALIBRATION_PATCHES,
+    GALLERY,
+    INFERENCE_BATCH,
+    PRECISIONS,
+    PRESETS,
+    QUANTIZE_MODES,
+    SELECTIONS,
+)
 
-# top-level modules of the `train` extra (pyproject.toml); a command that misses one names the extra
-TRAIN_EXTRA = frozenset({"torch", "torchvision", "timm", "lightning", "safetensors", "skimage", "sklearn", "scipy",
-                         "matplotlib", "PIL", "onnx", "onnxscript", "peft"})
-EXPORT_CALIBRATION, EXPORT_CALIBRATION_PATCHES = "minmax", 256  # training/export.py's defaults (chosen on validation)
-INFERENCE_BATCH = 64  # PyTorch inference batch of evaluate, calibrate and pick
 FULL_OR_READ_ONLY = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # an OSError of these mid-work: an output error
 
 
@@ -65,9 +66,9 @@ def check_data(args: argparse.Namespace) -> None:
     """Before a training-side command starts: the ``train`` extra is installed (else the same line as when an
     import fails), the data options pair into ``args.data`` (one source per --manifest), and they select rows
     (training/data.py reads only the CSVs: no torch)."""
-    missing = next((name for name in sorted(TRAIN_EXTRA) if find_spec(name) is None), None)
+    missing = checks.missing_train_package()
     if missing:
-        raise ModuleNotFoundError(f"No module named {missing!r}", name=missing)
+        raise checks.needs_train_extra(missing)
     from training.data import check
 
     resolve_data(args)
@@ -96,11 +97,14 @@ def train_args(p: argparse.ArgumentParser) -> None:
     f = p.add_argument_group("folds and masks")
     f.add_argument("--folds", metavar="NAMES",
                    help="comma-separated fold names or validation domains to run (default: all)")
-    f.add_argument("--hold-out-test", action="store_true", help="LODO: each fold also holds the next domain out")
+    f.add_argument("--hold-out-test", action="store_true", help="leave-one-domain-out only: each fold also holds "
+                   "the next domain out of training and validation; amf evaluate of the run scores each fold's model "
+                   "on it")
     f.add_argument("--masks", type=Path, metavar="DIR",
                    help="folder of masks made elsewhere (default: the built-in generator)")
     f.add_argument("--cache", type=Path, default=Path("cache"), metavar="DIR", help="mask cache folder (default cache)")
-    o = p.add_argument_group("figures two datasets share (training/overlap.py; refused by default, exit 2)")
+    o = p.add_argument_group("figures shown twice across a held-out part, within a dataset or across two "
+                             "(training/overlap.py; refused by default, exit 2)")
     o = o.add_mutually_exclusive_group()
     o.add_argument("--drop-overlap", action="store_true", help="drop the training rows that show a figure held out "
                    "by --split or by a fold's validation (or test) part")
@@ -111,10 +115,11 @@ def train_args(p: argparse.ArgumentParser) -> None:
     x.add_argument("--init", type=Path, metavar="RUN", help="start each fold from the same fold's weights in this "
                    "earlier run (or one fold folder / .safetensors file); tensors it lacks, e.g. decoders, start fresh")
     add_device(x, "Lightning's accelerator: auto | cpu | cuda (gpu)")
-    x.add_argument("--devices", default="auto", help="how many devices (or which), Lightning's devices; several "
-                   "GPUs train with DDP (default auto)")
-    x.add_argument("--precision", help="Lightning precision (default bf16-mixed on GPUs and on CPUs with native bf16, "
-                   "e.g. AVX-512 BF16; else 32-true)")
+    x.add_argument("--devices", default="auto", type=checks.devices, help="auto, how many devices (-1: all), or "
+                   "which (GPU indexes, e.g. 0,1): Lightning's devices; several train with DDP (default auto)")
+    x.add_argument("--precision", choices=PRECISIONS, metavar="NAME", help=f"Lightning's precision: "
+                   f"{' | '.join(PRECISIONS)} (default bf16-mixed on GPUs and on CPUs with native bf16, e.g. AVX-512 "
+                   f"BF16; else 32-true)")
     x.add_argument("--jobs", type=positive_int, default=1, metavar="N",
                    help="CPU: train N folds at once, each in a process of its own with the cores shared out as "
                         "threads, output in OUT/<fold>.log (up to one per core: more patches/s than one process; "
@@ -127,6 +132,7 @@ def train_args(p: argparse.ArgumentParser) -> None:
 
 def train(args: argparse.Namespace) -> int:
     check_data(args)
+    checks.training_options(args)
     if args.pretrained not in (None, "hub"):
         checks.existing(Path(args.pretrained), "--pretrained", "a local weights file, or 'hub' for timm's weights")
     checks.existing(args.init, "--init", "an earlier run folder, one fold folder or a .safetensors file")
@@ -141,6 +147,7 @@ def train(args: argparse.Namespace) -> int:
         recipe = build_recipe(args)
     except ValueError as exc:  # the recipe's checks name the valid choices
         raise InputError(exc) from None
+    checks.recipe_options(args, recipe)
     if args.jobs > 1 and args.device != "cpu" and (args.device == "cuda" or torch.cuda.is_available()):
         raise InputError("--jobs: on a GPU the folds train one after another (folds sharing one GPU were slower "
                          "each than one at a time); --device cpu to train them side by side")
@@ -176,13 +183,14 @@ def calibrate_args(p: argparse.ArgumentParser) -> None:
                    "folders only)")
     p.add_argument("--out", type=Path, metavar="DIR", help="also write calibration.json there, and comparison.md "
                    "when several sources are compared (default: into each run folder only)")
-    add_batch_size(p, "inference batch", INFERENCE_BATCH)
-    add_device(p)
+    add_batch_size(p, f"PyTorch inference batch (checkpoints; default {INFERENCE_BATCH})", None)
+    add_device(p, "where the models run (auto: CUDA when available; exported ensembles: as amf predict)")
 
 
 def calibrate(args: argparse.Namespace) -> None:
     check_data(args)
     checks.sources(args.runs, ensembles=True)
+    checks.inference_options(args)
     for run in args.runs:  # calibration.json goes into each run folder
         if not is_exported(run):
             checks.output_folder(run, "RUN")
@@ -208,15 +216,16 @@ def evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", type=non_negative_int, default=2000, metavar="N",
                    help="resamples for 95 %% intervals of BA, over slides where the manifest names them (0: off; "
                         "the paired difference of two ensembles still gets 2000; default 2000)")
-    p.add_argument("--gallery", type=non_negative_int, default=6, metavar="N",
-                   help="report.html: the vote's N most confident errors per domain (default 6)")
-    add_batch_size(p, "PyTorch inference batch (checkpoints)", INFERENCE_BATCH)
+    p.add_argument("--gallery", type=non_negative_int, metavar="N",
+                   help=f"report.html: the vote's N most confident errors per domain (default {GALLERY})")
+    add_batch_size(p, f"PyTorch inference batch (checkpoints; default {INFERENCE_BATCH})", None)
     add_device(p, "where the models run (auto: CUDA when available; exported ensembles: as amf predict)")
 
 
 def evaluate(args: argparse.Namespace) -> None:
     check_data(args)
     checks.sources(args.runs, ensembles=True)
+    checks.inference_options(args)
     checks.output_folder(args.out)
     from training import evaluate
 
@@ -235,16 +244,20 @@ def export_args(p: argparse.ArgumentParser) -> None:
     q = p.add_argument_group("int8")
     q.add_argument("--quantize", default="static", choices=QUANTIZE_MODES,
                    help="static: int8 activations too; weights: int8 weights only, float activations (default static)")
-    q.add_argument("--calibration", default=EXPORT_CALIBRATION, choices=CALIBRATION_METHODS,
-                   help=f"static calibration method (default {EXPORT_CALIBRATION})")
-    q.add_argument("--calibration-patches", type=positive_int, default=EXPORT_CALIBRATION_PATCHES, metavar="N",
-                   help=f"static calibration sample size (default {EXPORT_CALIBRATION_PATCHES})")
+    q.add_argument("--calibration", choices=CALIBRATION_METHODS,
+                   help=f"static calibration method (default {CALIBRATION_METHOD})")
+    q.add_argument("--calibration-patches", type=positive_int, metavar="N",
+                   help=f"static calibration sample size (default {CALIBRATION_PATCHES})")
     q.add_argument("--no-guard", action="store_true", help="write the graph even when the accuracy guard fails")
+    p.add_argument("--finished-only", action="store_true", help="export a run's finished folds and name the ones "
+                   "without their model (default: such a fold is refused, exit 4)")
 
 
 def export(args: argparse.Namespace) -> None:
     check_data(args)
     checks.sources(args.runs, ensembles=True, distinct=True)
+    checks.finished(args.runs, finished_only=args.finished_only)
+    checks.quantize_options(args)
     checks.output_folder(args.out)
     from training import export
 
@@ -338,10 +351,11 @@ def curves(args: argparse.Namespace) -> None:
 
 COMMANDS: dict[str, tuple[Callable, Callable, str, str]] = {
     # name: (arguments, implementation, one-line help, description)
-    "data": (data_args, data, "what the data options select, per dataset and domain, and the figures datasets share",
+    "data": (data_args, data, "what the data options select, per dataset and domain, and the figures shown twice",
              "Per dataset and domain: rows, atypical, slides, votes known, patches cropped or padded to 128x128; "
-             "then the figures found in two datasets (same slide and position within 8 px, or the same pixels at "
-             "the centre). --out DIR writes DIR/data.json."),
+             "then the figures found twice, within a dataset or across two (same slide and position within 8 px, "
+             "or the same pixels at the centre), and the search's time. Rows repeated exactly are dropped with a "
+             "count. --out DIR writes DIR/data.json."),
     "train": (train_args, train, "cross-validated training of a recipe (Lightning)",
               "Train every fold of a recipe (leave one domain out, or slide-grouped k-fold); seed 001's multi-task "
               "network by default. Each fold writes <out>/<fold>/: Lightning checkpoints every epoch, metrics.csv, "
@@ -423,10 +437,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.implementation(args) or 0
     except ModuleNotFoundError as exc:
-        missing = (exc.name or "").partition(".")[0]
-        if missing not in TRAIN_EXTRA:
+        # a module of the train extra, or any import while one of its packages is missing (not installed, its
+        # modules cannot be named)
+        missing = checks.train_package_of((exc.name or "").partition(".")[0]) or checks.missing_train_package()
+        if missing is None:
             raise
-        error: AmfError = InputError(f"needs the train extra ({missing} is not installed): pip install -e '.[train]'")
+        error: AmfError = checks.needs_train_extra(missing)
     except AmfError as exc:  # runtime/errors.py's kinds, raised where the problem is found
         error = exc
     except OSError as exc:  # mid-work: the disk is full, or the file system read-only

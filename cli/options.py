@@ -2,9 +2,8 @@
 --domain-column --columns``, repeated for several datasets, and ``--split``), ``--out``, ``--tta``, ``--vote``,
 ``--batch-size``, ``--device``, ``--weights``, and the run folders.
 
-Parsing imports neither torch nor ``training``: the choice lists that ``training/`` owns (formats, presets,
-selections, quantisation) are repeated here by name, and test/training/test_cli_train.py checks that they
-match. TTA modes and vote rules come from the runtime's contract, which is torch-free.
+Parsing imports no torch: the choice lists and defaults come from training/choices.py (the standard library only),
+TTA modes and vote rules from the runtime's contract.
 """
 
 from __future__ import annotations
@@ -15,16 +14,7 @@ from pathlib import Path
 
 from runtime.contract import TTA_MODES, VOTE_RULES
 from runtime.errors import InputError
-
-FORMATS = ("amibr", "midog25", "csv", "folders")  # training/data.py: FORMATS + CSV_FORMAT + the class-folder layout
-# training/recipe.py: PRESETS
-PRESETS = ("h-optimus-0-lora", "scratch", "scratch-strong", "seed001", "seed002-efficientnetv2-m", "seed002-swin-b",
-           "seed002-vit-l16", "seed003", "uni-linear", "uni-lora", "virchow-lora", "virchow2-lora")
-SELECTIONS = ("val_ba", "val_loss")  # training/recipe.py: SELECTIONS
-QUANTIZE_MODES = ("static", "weights")  # training/quantize.py: MODES
-CALIBRATION_METHODS = ("minmax", "percentile", "entropy")  # training/quantize.py: CALIBRATION_METHODS
-DEVICES = ("auto", "cpu", "cuda")
-AUTO = "auto"  # --tta auto: the command chooses the mode on the validation parts
+from training.choices import AMIBR, AUTO, CSV_FORMAT, DEVICES, FORMATS, MIDOG25
 
 
 def positive_int(text: str) -> int:
@@ -52,25 +42,37 @@ def add_runs(p: argparse.ArgumentParser, help: str = "run folder(s) with fold ch
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help=help)
 
 
+class PerDataset(argparse.Action):
+    """A per-dataset data option (``--format --root --name --domain-column --columns``): each value is kept with the
+    index of the ``--manifest`` written before it (-1: before the first one), for :func:`resolve_data`."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        after = len(getattr(namespace, "manifest", None) or []) - 1
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), (after, values)])
+
+
+DATA_RULE = ("each per-dataset option belongs to the --manifest it follows (written before the first: to every "
+             "dataset); given once per dataset, they may also all follow the last --manifest and pair in order")
+
+
 def add_data(p: argparse.ArgumentParser, *, split: str | None = None, split_help: str = "use only this split's rows",
              manifest_help: str = "CSV manifest, or a class-folder root with --format folders") -> None:
-    """The data options. Several datasets: repeat ``--manifest``; each per-dataset option is given once (it applies
-    to every dataset) or once per manifest (paired in order); ``--name`` once per manifest; ``--columns`` once per
-    ``--format csv`` dataset (paired in order) or once for all of them. :func:`resolve_data` pairs them."""
-    g = p.add_argument_group("data (repeat --manifest for several datasets; a per-dataset option given once "
-                             "applies to all, else once per --manifest, paired in order)")
+    """The data options. Several datasets: repeat ``--manifest``; a per-dataset option belongs to the ``--manifest``
+    it follows (before the first one: to all), or, given once per dataset after the last one, pairs in order
+    (:data:`DATA_RULE`). :func:`resolve_data` assigns them."""
+    g = p.add_argument_group(f"data (repeat --manifest for several datasets: {DATA_RULE})")
     g.add_argument("--manifest", required=True, type=Path, action="append", help=manifest_help)
-    g.add_argument("--format", choices=FORMATS, action="append",
+    g.add_argument("--format", choices=FORMATS, action=PerDataset,
                    help="amibr (file,label,domain,split,slide,x,y), midog25 (the published MIDOG 2025 CSV: image_id,"
                         "filename,coordinateX/Y,Tumor,Scanner,Species,expert1-3,majority), csv (columns named by "
                         "--columns), folders (ROOT/[domain/]class/*.png) (default amibr)")
-    g.add_argument("--root", type=Path, metavar="DIR", action="append",
+    g.add_argument("--root", type=Path, metavar="DIR", action=PerDataset,
                    help="folder the manifest's paths are relative to (default: the manifest's)")
-    g.add_argument("--name", action="append", help="the dataset's name in tables and domains (dataset:domain; "
+    g.add_argument("--name", action=PerDataset, help="the dataset's name in tables and domains (dataset:domain; "
                    "default: its format, or the manifest's file name for csv and folders)")
-    g.add_argument("--domain-column", action="append", metavar="COLUMN",
+    g.add_argument("--domain-column", action=PerDataset, metavar="COLUMN",
                    help="the column that defines domains (midog25: Tumor | Scanner | Species, default Tumor)")
-    g.add_argument("--columns", action="append", metavar="KEY=COLUMN,...",
+    g.add_argument("--columns", action=PerDataset, metavar="KEY=COLUMN,...",
                    help="--format csv: path=...,label=... and optionally domain, split, slide, x, y, votes "
                         "(a fraction), e.g. path=image_id,label=majority,slide=filename")
     g.add_argument("--split", default=split,
@@ -78,37 +80,53 @@ def add_data(p: argparse.ArgumentParser, *, split: str | None = None, split_help
                         f"(default {split if split else 'all rows'})")
 
 
+def per_dataset(option: str, given: list[tuple[int, object]] | None, targets: list[int], last: int,
+                what: str = "--manifest") -> dict[int, object]:
+    """``option``'s values assigned by :data:`DATA_RULE` to the datasets ``targets`` (indexes of ``--manifest``, the
+    last one ``last``; ``what`` names them in the error): {dataset index: value}. A value no rule can place is an
+    InputError."""
+    default, own, placeable = None, {}, True
+    for after, value in given or []:
+        if after < 0:
+            placeable &= default is None
+            default = value
+        elif after in targets and after not in own:
+            own[after] = value
+        else:
+            placeable = False
+    if not placeable:
+        after_last = all(after == last for after, _ in given)
+        if len(given) != len(targets) or not after_last:
+            raise InputError(f"--{option} given {len(given)} time(s) for {len(targets)} {what}: {DATA_RULE}")
+        return dict(zip(targets, (value for _, value in given)))  # once per dataset after the last: in order
+    return {i: own.get(i, default) for i in targets if own.get(i, default) is not None}
+
+
 def resolve_data(args: argparse.Namespace) -> None:
-    """Pair the data options into ``args.data`` (training.data.DataSource, one per ``--manifest``); a count that
-    does not pair is an InputError (one line)."""
-    from training.data import CSV_FORMAT, DataSource
+    """Assign the data options to the datasets into ``args.data`` (training.data.DataSource, one per
+    ``--manifest``) by :data:`DATA_RULE`; a value that cannot be placed is an InputError (one line)."""
+    from training.data import DataSource
 
     manifests = args.manifest
-    n = len(manifests)
-
-    def paired(option: str, values: list | None, count: int = n, once: bool = True) -> list:
-        if not values:
-            return [None] * count
-        if len(values) == count or (once and len(values) == 1):
-            return values * (count // len(values))
-        allowed = f"once or {count} times" if once else f"{count} times"
-        raise InputError(f"--{option} given {len(values)} time(s) for {n} --manifest: give it {allowed} "
-                         f"(paired in order)")
-
-    formats = [f or "amibr" for f in paired("format", args.format)]
-    csv_count = formats.count(CSV_FORMAT)
-    if args.columns and not csv_count:
+    every = list(range(len(manifests)))
+    last = every[-1]
+    formats = per_dataset("format", args.format, every, last)
+    formats = [formats.get(i) or AMIBR for i in every]
+    csv_datasets = [i for i in every if formats[i] == CSV_FORMAT]
+    if args.columns and not csv_datasets:
         raise InputError("--columns: names the columns of a --format csv manifest, and none is csv")
-    columns = iter(paired("columns", args.columns, csv_count))
-    names = paired("name", args.name, once=n == 1)
+    columns = per_dataset("columns", args.columns, csv_datasets, last, "--format csv dataset(s)")
+    if args.name and len(manifests) > 1 and any(after < 0 for after, _ in args.name):
+        raise InputError("--name before the first --manifest: a name is one dataset's; write it after its --manifest")
+    names, roots = per_dataset("name", args.name, every, last), per_dataset("root", args.root, every, last)
+    domains = per_dataset("domain-column", args.domain_column, every, last)
     sources = []
-    for manifest, fmt, root, name, domain in zip(manifests, formats, paired("root", args.root), names,
-                                                 paired("domain-column", args.domain_column)):
-        if fmt == CSV_FORMAT and not args.columns:
+    for i, manifest in enumerate(manifests):
+        if formats[i] == CSV_FORMAT and i not in columns:
             raise InputError(f"--format csv ({manifest}): name its columns with --columns path=...,label=...")
-        default = fmt if fmt in ("amibr", "midog25") else Path(manifest).stem
-        sources.append(DataSource(manifest, fmt, root, name or default, domain,
-                                  next(columns) if fmt == CSV_FORMAT else None))
+        default = formats[i] if formats[i] in (AMIBR, MIDOG25) else Path(manifest).stem
+        sources.append(DataSource(manifest, formats[i], roots.get(i), names.get(i) or default, domains.get(i),
+                                  columns.get(i)))
     args.data = unique_names(sources)
 
 

@@ -27,31 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.contract import PATCH_SIZE, default_weights
+from runtime.contract import default_weights
 from runtime.ensemble import Ensemble
 from runtime.errors import EXIT_OK, InputError, OutputError
 from runtime.forked import fork_is_safe
 from runtime.progress import Progress
-from runtime.stack import SUFFIXES, fit_size, read_stack, to_uint8
+from runtime.stack import PATCH_SUFFIXES, SUFFIXES, read_image
 
-PATCH_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 PATH_COLUMNS = ("file", "image_id", "path", "filename")
-
-
-def read_patch(path: Path, size: int = PATCH_SIZE) -> np.ndarray:
-    """One patch image -> uint8 [1, size, size, 3] (RGBA: alpha dropped; gray: replicated)."""
-    import SimpleITK as sitk
-
-    try:
-        pixels = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-    except RuntimeError as exc:
-        raise InputError(f"{path}: cannot read the image ({str(exc).strip().splitlines()[-1][:200]})") from None
-    if pixels.ndim == 2:
-        pixels = pixels[..., None]
-    if pixels.ndim != 3 or pixels.shape[2] not in (1, 2, 3, 4):
-        raise InputError(f"{path}: expected a 2-D gray or colour image, got array shape {pixels.shape}")
-    rgb = np.repeat(pixels[..., :1], 3, axis=2) if pixels.shape[2] <= 2 else pixels[..., :3]
-    return fit_size(to_uint8(rgb[None]), size)
 
 
 def expand(paths: list[Path]) -> list[Path]:
@@ -64,7 +47,7 @@ def expand(paths: list[Path]) -> list[Path]:
         if path.is_dir():
             files += sorted(p for p in path.rglob("*") if p.suffix.lower() in SUFFIXES + PATCH_SUFFIXES)
         elif path.suffix.lower() == ".csv":
-            with path.open(newline="") as f:
+            with path.open(newline="", encoding="utf-8-sig") as f:
                 reader = csv.DictReader(f)
                 column = next((c for c in PATH_COLUMNS if c in (reader.fieldnames or [])), None)
                 if column is None:
@@ -77,12 +60,15 @@ def expand(paths: list[Path]) -> list[Path]:
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
         raise InputError(f"{len(missing)} file(s) not found, e.g. {missing[:3]}")
+    if not files:  # as process.py: no image is an input error, and nothing is written
+        raise InputError(f"{', '.join(map(str, paths))}: no image (stacks {'/'.join(SUFFIXES)}, patches "
+                         f"{'/'.join(PATCH_SUFFIXES)})")
     return files
 
 
 def pages_of(files: list[Path]) -> Iterator[tuple[str, int, np.ndarray]]:
     for file in files:
-        pages = read_stack(file) if file.suffix.lower() in SUFFIXES else read_patch(file)
+        pages = read_image(file)
         for i, page in enumerate(pages):
             yield str(file), i, page
 

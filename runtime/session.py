@@ -37,13 +37,17 @@ def load_onnxruntime() -> ModuleType:
 
 def session_options(ort: ModuleType, threads: int, prefused: bool = False):
     """The runtime's session options: all graph optimisations (none for a ``prefused`` graph, one that
-    onnxruntime optimised and saved at export: the CPU graphs), ``threads`` intra-op threads, quiet."""
+    onnxruntime optimised and saved at export: the CPU graphs), ``threads`` intra-op threads, quiet, and no CPU
+    memory arena: with one, each session keeps the largest batch's activations reserved after the run (``amf predict``
+    over 1,000 patches, batches of 256: each worker peaked at 968 MB with the arena, 366 MB without;
+    docs/performance.md, Memory)."""
     options = ort.SessionOptions()
     level = ort.GraphOptimizationLevel
     options.graph_optimization_level = level.ORT_DISABLE_ALL if prefused else level.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    options.enable_cpu_mem_arena = False
     return options
 
 

@@ -1,6 +1,8 @@
 """Read a Grand Challenge Track-2 stack (multi-page TIFF or MetaImage) into uint8 RGB pages.
 
-Input rules (each page becomes one uint8 [128, 128, 3] RGB patch, in page order):
+Input rules (each page becomes one uint8 [128, 128, 3] RGB patch, in page order; patch images, PNG/JPEG/BMP,
+follow the same channel, depth and size rules: :func:`read_patch`, and :func:`read_image` reads either kind for
+``amf predict`` and for training alike):
 - formats: ``.tif`` / ``.tiff`` (read as TIFF) and ``.mha`` (read as MetaImage), suffix case ignored,
   decoded by SimpleITK; a 2-D image is a stack of one page;
 - channels: RGB as is; RGBA -> alpha dropped; grayscale -> gray replicated to R, G, B (also gray + alpha
@@ -32,6 +34,7 @@ import re
 import struct
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,13 +44,39 @@ import numpy as np
 from runtime.contract import PATCH_SIZE
 from runtime.errors import InputError
 
-SUFFIXES = (".tif", ".tiff", ".mha")
+SUFFIXES = (".tif", ".tiff", ".mha")  # stacks
+PATCH_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")  # single patch images (amf predict, training data)
 MAX_DECODED_BYTES = 2 ** 31  # refuse larger stacks before decoding (~43,000 pages of 8-bit RGB 128 x 128)
 CHUNK_BYTES = 64 * 2 ** 20  # decoded pixels converted (and, for .mha, read) at a time
+_STDERR_LOCK = threading.Lock()  # _libtiff_messages: one redirection of file descriptor 2 at a time
 
 
-def read_stack(path: str | Path, size: int = PATCH_SIZE) -> np.ndarray:
-    """The stack's pages as uint8 [N, size, size, 3], in page order."""
+def read_image(path: str | Path, size: int | None = PATCH_SIZE) -> np.ndarray:
+    """A stack (SUFFIXES: :func:`read_stack`) or a patch image (PATCH_SUFFIXES: :func:`read_patch`) -> uint8
+    [N, size, size, 3]; ``size`` None keeps the pages' own size. The one reader of training and inference."""
+    return read_stack(path, size) if Path(path).suffix.lower() in SUFFIXES else read_patch(path, size)
+
+
+def read_patch(path: str | Path, size: int | None = PATCH_SIZE) -> np.ndarray:
+    """One patch image (PNG, JPEG, BMP, decoded by SimpleITK) -> uint8 [1, size, size, 3] by the module's channel
+    and depth rules (16-bit: round(value / 257); palette: through its colour map; RGBA: alpha dropped; gray:
+    replicated; a gray + alpha PNG, which ITK cannot decode, is an input error)."""
+    import SimpleITK as sitk
+
+    try:
+        pixels = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    except RuntimeError as exc:
+        raise InputError(f"{path}: cannot read the image ({str(exc).strip().splitlines()[-1][:200]})") from None
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    if pixels.ndim != 3 or pixels.shape[2] not in (1, 2, 3, 4):
+        raise InputError(f"{path}: expected a 2-D gray or colour image, got array shape {pixels.shape}")
+    rgb = to_uint8((np.repeat(pixels[..., :1], 3, axis=2) if pixels.shape[2] <= 2 else pixels[..., :3])[None])
+    return rgb if size is None else fit_size(rgb, size)
+
+
+def read_stack(path: str | Path, size: int | None = PATCH_SIZE) -> np.ndarray:
+    """The stack's pages as uint8 [N, size, size, 3], in page order (``size`` None: [N, height, width, 3])."""
     import SimpleITK as sitk
 
     path = Path(path)
@@ -83,10 +112,10 @@ def read_stack(path: str | Path, size: int = PATCH_SIZE) -> np.ndarray:
         raise InputError(f"{path}: {layout.pages} page directories but {n_pages} pages readable")
 
     # centre region of each page (ITK index order x, y); pages are padded after conversion if smaller
-    x0, y0 = max(0, (width - size) // 2), max(0, (height - size) // 2)
-    w, h = min(width, size), min(height, size)
+    x0, y0 = (0, 0) if size is None else (max(0, (width - size) // 2), max(0, (height - size) // 2))
+    w, h = (width, height) if size is None else (min(width, size), min(height, size))
     step = max(1, CHUNK_BYTES // page_bytes)
-    pages = np.empty((n_pages, size, size, 3), np.uint8)
+    pages = np.empty((n_pages, height, width, 3) if size is None else (n_pages, size, size, 3), np.uint8)
     if not is_tiff and len(dims) == 3 and n_pages > step:  # stream a large MetaImage chunk by chunk
         for start in range(0, n_pages, step):
             count = min(step, n_pages - start)
@@ -140,8 +169,8 @@ def _convert(decoded: np.ndarray, channels: int, palette: bool, out: np.ndarray)
     """ITK pixels [k, h, w(, C)] -> ``out`` uint8 [k, size, size, 3] (gray is broadcast to RGB)."""
     if channels == 1:
         decoded = decoded[..., None]
-    rgb = decoded[..., :1] if channels <= 2 else decoded[..., :3]
-    out[...] = fit_size(to_uint8(rgb, palette), out.shape[1])
+    rgb = to_uint8(decoded[..., :1] if channels <= 2 else decoded[..., :3], palette)
+    out[...] = rgb if rgb.shape[1:3] == out.shape[1:3] else fit_size(rgb, out.shape[1])
 
 
 def _execute(reader, path: Path):
@@ -157,7 +186,13 @@ def _execute(reader, path: Path):
 def _libtiff_messages() -> Iterator[list[str]]:
     """What the C libraries print on file descriptor 2 while ITK reads (libtiff's default handlers write
     e.g. "ZIPDecode: Decoding error ..." there): captured, so that stderr keeps one line per error, and added to
-    that line when the read fails; dropped when it succeeds (the run stays silent)."""
+    that line when the read fails; dropped when it succeeds (the run stays silent). File descriptor 2 is the
+    process's: threads reading at once (training's loader) take turns."""
+    with _STDERR_LOCK:
+        yield from _captured_stderr()
+
+
+def _captured_stderr() -> Iterator[list[str]]:
     try:
         captured_file = tempfile.TemporaryFile(prefix="amf-stderr-")
     except OSError:  # no writable temporary folder: read as it is

@@ -7,10 +7,12 @@ validation figures at the selected epoch. Loading never unpickles anything.
 from __future__ import annotations
 
 import json
+import pickle
+import zipfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -69,6 +71,25 @@ def init_weights(net: nn.Module, path: str | Path) -> list[str]:
     return list(result.missing_keys)
 
 
+def init_mismatch(net: nn.Module, path: str | Path) -> str | None:
+    """Why :func:`init_weights` would refuse ``path`` for ``net`` (a tensor the network does not have, or one of
+    another shape, or a file that is no safetensors file), read from the file's header; None when it fits."""
+    path = Path(path)
+    file = path / WEIGHTS_FILE if path.is_dir() else path
+    own = net.state_dict()
+    try:
+        with safe_open(file, framework="pt") as weights:
+            for key in weights.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                if key not in own:
+                    return f"{file}: tensors the network does not have, e.g. {key}"
+                shape = tuple(weights.get_slice(key).get_shape())
+                if shape != tuple(own[key].shape):
+                    return f"{file}: {key} is {list(shape)}, the network's is {list(own[key].shape)}"
+    except (OSError, SafetensorError) as exc:
+        return f"{file}: not a weights file ({' '.join(str(exc).split())[:200]})"
+    return None
+
+
 def load_pruned(folder: str | Path) -> tuple[nn.Module, dict]:
     net, config = load_network(folder)
     return net.pruned().eval(), config
@@ -83,3 +104,21 @@ def member_names(folders: list[Path]) -> list[str]:
 def load_weights_only(path: str | Path) -> dict:
     """A Lightning/PyTorch checkpoint read with ``weights_only=True``: tensors and plain containers only."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def check_resumable(path: str | Path) -> None:
+    """A Lightning checkpoint that ``amf train --resume`` can continue from: a whole zip archive (every member's
+    CRC checked) that torch reads with ``weights_only``, holding the weights and the epoch. Otherwise a ModelError
+    naming it (exit 4); nothing is read into the model and nothing is changed."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            broken = archive.testzip()
+        if broken is not None:
+            raise ValueError(f"{broken} fails its CRC check")
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        missing = [key for key in ("state_dict", "epoch") if key not in state]
+        if missing:
+            raise ValueError(f"no {' or '.join(missing)} in it")
+    except (OSError, EOFError, RuntimeError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
+        raise ModelError(f"{path}: corrupt or truncated checkpoint ({' '.join(str(exc).split())[:200]}); --resume "
+                         "cannot continue from it (remove it to train this fold from the start)") from None

@@ -10,7 +10,9 @@ Four layouts are built in (`--format`):
 - ``csv``: any other CSV, its columns named by ``--columns`` (:func:`csv_format`).
 - ``folders``: ``ROOT/<class>/*.png`` (one domain) or ``ROOT/<domain>/<class>/*.png``, class folders named
   atypical|normal (or AMF|NMF).
-Patches of another size are centre-cropped or edge-padded to 128 x 128 by the runtime's rule
+Pixels are read by the runtime's reader (``runtime.stack.read_image``: 16-bit scaled, palettes through their colour
+map, alpha dropped, gray replicated), so a file gives training the array that ``amf predict`` and the container
+get. Patches of another size are centre-cropped or edge-padded to 128 x 128 by the runtime's rule
 (``runtime.stack.fit_size``), never resized; each PatchSet counts them (``resized``).
 
 One way in: :func:`check` reads only the CSVs (no images, no torch: ``amf`` checks the data options with it before
@@ -29,13 +31,13 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from runtime.contract import PATCH_SIZE
 from runtime.errors import InputError
-from runtime.stack import fit_size
+from runtime.stack import PATCH_SUFFIXES, SUFFIXES, fit_size, read_image
+from training.choices import AMIBR, CSV_FORMAT, FOLDERS, MIDOG25
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+IMAGE_SUFFIXES = PATCH_SUFFIXES + SUFFIXES  # the class folders' images: what the runtime reads
 
 
 class ManifestError(InputError):
@@ -62,14 +64,12 @@ class ManifestFormat:
 
 
 FORMATS: dict[str, ManifestFormat] = {
-    "amibr": ManifestFormat("file", "label", "domain", "split", "votes_atypical", "slide", votes_scale=3.0,
+    AMIBR: ManifestFormat("file", "label", "domain", "split", "votes_atypical", "slide", votes_scale=3.0,
                             x_column="x", y_column="y"),
-    "midog25": ManifestFormat("image_id", "majority", "Tumor", slide_column="filename", default_suffix=".png",
+    MIDOG25: ManifestFormat("image_id", "majority", "Tumor", slide_column="filename", default_suffix=".png",
                               x_column="coordinateX", y_column="coordinateY",
                               expert_columns=("expert1", "expert2", "expert3")),
 }
-CSV_FORMAT = "csv"  # --format csv: the columns named by --columns
-FOLDERS = "folders"  # --format folders: ROOT/[domain/]class/*.png, no manifest
 CSV_KEYS = {"path": "path_column", "label": "label_column", "domain": "domain_column", "split": "split_column",
             "votes": "votes_column", "slide": "slide_column", "x": "x_column", "y": "y_column"}
 
@@ -199,12 +199,9 @@ def _load_patches(one: DataSource, patch_size: int = PATCH_SIZE) -> PatchSet:
 
     def load(i: int) -> str | None:
         try:
-            with Image.open(rows[i].path) as im:
-                rgb = np.asarray(im.convert("RGB"))
-        except Exception as exc:  # any decoder failure is a bad row
-            return f"line {rows[i].line}: {rows[i].path}: unreadable image ({exc})"
-        resized[i] = rgb.shape[:2] != (patch_size, patch_size)
-        images[i] = fit_size(rgb[None], patch_size)[0] if resized[i] else rgb
+            images[i], resized[i] = _read_image(rows[i].path, patch_size)
+        except InputError as exc:  # any decoder failure is a bad row
+            return f"line {rows[i].line}: {exc}"
         return None
 
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -251,7 +248,7 @@ def _check_one(one: DataSource, split: str | None) -> None:
     if column is None:
         kind = f"a {one.format}" if one.format in FORMATS else "this"
         raise ManifestError(f"--split {split!r}: {kind} manifest has no split column (leave --split out)")
-    with source.open(newline="") as f:
+    with source.open(newline="", encoding="utf-8-sig") as f:
         splits = Counter((row.get(column) or "").strip() for row in csv.DictReader(f))
     if not splits[split]:
         there = ", ".join(f"{name} ({n} rows)" for name, n in sorted(splits.items()) if name) or "none"
@@ -301,6 +298,16 @@ def _concat(each: list[PatchSet]) -> PatchSet:
     return PatchSet(**joined)
 
 
+def _read_image(path: Path, patch_size: int) -> tuple[np.ndarray, bool]:
+    """One patch by the runtime's rules (``runtime.stack.read_image``: what ``amf predict`` and the container
+    read), fitted to ``patch_size``; whether it was cropped or padded."""
+    pages = read_image(path, None)
+    if len(pages) != 1:
+        raise InputError(f"{path}: {len(pages)} pages, expected one patch per row")
+    resized = pages.shape[1:3] != (patch_size, patch_size)
+    return (fit_size(pages, patch_size)[0] if resized else pages[0]), resized
+
+
 def _manifest_file(path: Path) -> None:
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
@@ -308,7 +315,7 @@ def _manifest_file(path: Path) -> None:
 
 def _read_manifest(path: Path, fmt: ManifestFormat, root: Path) -> tuple[list[_Row], list[str]]:
     _manifest_file(path)
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:  # a byte-order mark is not part of the first column
         reader = csv.DictReader(f)
         needed = [c for c in (fmt.path_column, fmt.label_column, fmt.domain_column, fmt.split_column) if c]
         missing = [c for c in needed if c not in (reader.fieldnames or [])]
@@ -336,20 +343,49 @@ def _read_manifest(path: Path, fmt: ManifestFormat, root: Path) -> tuple[list[_R
             rows.append(_Row(line, file, y,
                              rec[fmt.domain_column].strip() if fmt.domain_column else "all",
                              rec[fmt.split_column].strip() if fmt.split_column else None, votes, slide, position))
-    return rows, problems
+    return _drop_repeated_rows(path, rows, problems), problems
+
+
+def _drop_repeated_rows(source: Path, rows: list[_Row], problems: list[str]) -> list[_Row]:
+    """The rows less those that repeat an earlier row's file: dropped with a count when they repeat it exactly
+    (the same figure would train twice), a problem when they give it another label, domain or split."""
+    first: dict[Path, _Row] = {}
+    kept, dropped = [], []
+    for row in rows:
+        earlier = first.setdefault(row.path.resolve(), row)
+        if earlier is row:
+            kept.append(row)
+        elif replace(earlier, line=row.line, path=row.path) == row:
+            dropped.append(f"line {row.line} = line {earlier.line}")
+        else:
+            problems.append(f"line {row.line}: {row.path} is line {earlier.line}'s file with another label, domain, "
+                            "split, votes or position")
+    if dropped:
+        print(f"{source}: {len(dropped)} repeated row(s) dropped, each the same file and values as an earlier row "
+              f"({', '.join(dropped[:3])}{', ...' if len(dropped) > 3 else ''})")
+    return kept
 
 
 def _votes(rec: dict, fmt: ManifestFormat) -> float | None:
     """The fraction of experts voting atypical: the votes column, else the experts present (None: unknown)."""
     if fmt.votes_column and (rec.get(fmt.votes_column) or "").strip():
-        return float(rec[fmt.votes_column]) / fmt.votes_scale
+        return _number(rec, fmt.votes_column) / fmt.votes_scale
     present = [v.strip() for v in (rec.get(c) or "" for c in fmt.expert_columns) if v.strip()]
     return sum(v in fmt.positive for v in present) / len(present) if present else None
 
 
 def _position(rec: dict, fmt: ManifestFormat) -> tuple[float, float] | None:
     x, y = ((rec.get(c) or "").strip() if c else "" for c in (fmt.x_column, fmt.y_column))
-    return (float(x), float(y)) if x and y else None
+    return (_number(rec, fmt.x_column), _number(rec, fmt.y_column)) if x and y else None
+
+
+def _number(rec: dict, column: str) -> float:
+    """The row's ``column`` as a number; a ValueError names the column and the value."""
+    value = rec[column].strip()
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"column {column!r}: {value!r} is not a number") from None
 
 
 def _scan_folders(root: Path) -> tuple[list[_Row], list[str]]:

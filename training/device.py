@@ -1,5 +1,5 @@
-"""Where training runs and in what precision: ``amf train --device`` as Lightning's accelerator, and bf16 autocast
-where the hardware computes it natively.
+"""Where training runs and in what precision: on a GPU or not (``amf train --device``, as Lightning's accelerator:
+training/choices.py), and bf16 autocast where the hardware computes it natively.
 
 CPU runs use bf16 autocast on CPUs with native bf16 kernels, else fp32; GPUs use bf16 AMP.
 """
@@ -7,8 +7,6 @@ CPU runs use bf16 autocast on CPUs with native bf16 kernels, else fp32; GPUs use
 from __future__ import annotations
 
 import torch
-
-ACCELERATORS = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}  # amf's --device -> Lightning's accelerator
 
 
 def on_gpu(accelerator: str) -> bool:

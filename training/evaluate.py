@@ -107,16 +107,19 @@ def score_checkpoints(runs: list[str | Path], images: np.ndarray, tta: str = "no
     from training.checkpoint import load_pruned, member_names
 
     folders = [f for r in runs for f in find_fold_checkpoints(r)]
-    columns, thresholds = [], []
+    columns, thresholds, test_domains = [], [], []
     for folder in folders:
         net, config = load_pruned(folder)
         columns.append(predict(net, images, batch_size, tta, device, label=str(folder)))
         thresholds.append(float(config.get("threshold", 0.5)))
-    probs, member_of = np.stack(columns, 1), [f.name for f in folders]
+        test_domains.append((config.get("fold") or {}).get("test_domain"))
+    probs, member_of, names = np.stack(columns, 1), [f.name for f in folders], member_names(folders)
     atypical, confidence = voting.vote(probs, thresholds, vote, member_of)
+    held_out = {name: domain for name, domain in zip(names, test_domains) if domain}  # amf train --hold-out-test
     return Scored(", ".join(str(r) for r in runs), ", ".join(Path(r).name for r in runs),
-                  "fold checkpoints (PyTorch, fp32)", member_names(folders), member_of, probs,
-                  np.asarray(thresholds), atypical, confidence, tta, vote)
+                  "fold checkpoints (PyTorch, fp32)", names, member_of, probs,
+                  np.asarray(thresholds), atypical, confidence, tta, vote,
+                  extra={"test_domains": held_out} if held_out else {})
 
 
 def score_exported(folder: str | Path, images: np.ndarray, tta: str | None = None, vote: str | None = None) -> Scored:
@@ -158,14 +161,22 @@ def score_sources(sources: list[str | Path], images: np.ndarray, tta: str | None
     return scored
 
 
+def held_out_note(scored: list[Scored], table: dict) -> str:
+    """The fold models trained with ``--hold-out-test``, each on the domain its fold kept out of training and
+    validation (the per-domain column of its row), as lines; empty when there are none."""
+    lines = []
+    for one in scored:
+        for name, domain in one.extra.get("test_domains", {}).items():
+            row = table.get(one._prefixed(name), {}).get(domain)
+            got = f"BA {row['balanced_accuracy']:.4f} on {row['n']} patches" if row else "no patch of it here"
+            lines.append(f"held-out test domain of {one._prefixed(name)}: {domain}, {got}")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> None:
     """``amf evaluate`` (arguments: cli/main.py)."""
-    import os
-
-    if args.device in ("cpu", "cuda"):  # the exported ensembles' device (runtime/device.py), as amf predict
-        os.environ["AMF_DEVICE"] = args.device
     data = load(args.data, args.split)
-    warning = evaluation_warning([s for s in args.runs if not is_exported(s)], data)
+    warning = evaluation_warning(args.runs, data)
     if warning:
         print(warning)
     scored = score_sources(args.runs, data.images, args.tta, args.batch_size, args.device, args.vote)
@@ -173,7 +184,7 @@ def run(args: argparse.Namespace) -> None:
     table = evaluate_models(data.labels, data.domains, results, data.slides, args.bootstrap)
     title = f"{' vs '.join(one.short for one in scored)} on {' + '.join(Path(d.manifest).name for d in args.data)}"
     title += f" ({args.split})" if args.split else ""
-    note = bootstrap_note(data.slides, args.bootstrap)
+    note = "\n".join(filter(None, [bootstrap_note(data.slides, args.bootstrap), held_out_note(scored, table)]))
     comparison = {}
     if not args.no_vote and len(scored) > 1:
         a = scored[0]

@@ -46,8 +46,10 @@ from runtime.contract import (
 from runtime.errors import ModelError
 from runtime.version import __version__
 from training.checkpoint import load_pruned, member_names, selected_score
+from training.choices import CALIBRATION_METHOD, CALIBRATION_PATCHES
 from training.cpu_graph import write_cpu_graphs
 from training.data import PatchSet, load
+from training.guard import carry_training_rows
 from training.network import to_input
 from training.quantize import (
     accuracy_guard,
@@ -61,7 +63,7 @@ from training.run_files import find_fold_checkpoints
 
 OPSET = 18
 CPU_GRAPH_CHECK = 272  # the last patches of the guard's run (16 random pages among them), scored by both
-CALIBRATION_PATCHES, CALIBRATION_METHOD, CALIBRATION_SEED = 256, "minmax", 0  # chosen on validation: README
+CALIBRATION_SEED = 0
 
 
 class EnsembleGraph(nn.Module):
@@ -241,10 +243,13 @@ def run(args: argparse.Namespace) -> None:
     doc = export_ensemble(args.runs, args.out, data, tta=args.tta, vote=args.vote, mode=args.quantize,
                           method=args.calibration,
                           patches=args.calibration_patches, enforce_guard=not args.no_guard)
+    carried = carry_training_rows(args.runs, Path(args.out))
     prov = doc["provenance"]
     print(f"wrote {Path(args.out) / MODEL_FILE}: {len(doc['folds'])} fold models, {prov['model_bytes'] / 1e6:.1f} MB, "
           f"{args.quantize} int8, vote {doc['vote']}")
     print(f"accuracy guard: {guard_table(doc['folds'], prov['accuracy_guard'])}")
+    print(f"training rows recorded beside it: {carried}" if carried else "no training rows recorded by the sources: "
+          "amf evaluate of this export cannot warn of overlap")
     cpu_graphs = {"CPU graphs vs standard": prov["cpu_graphs_vs_standard"]} if prov["cpu_graphs_vs_standard"] else {}
     for name, c in {**prov["parity_vs_float"], **cpu_graphs}.items():
         print(f"parity {name}: {c['patches']} patches, max |dP| = {c['max_abs_prob_delta']:.4g}, "

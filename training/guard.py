@@ -1,14 +1,15 @@
-"""The overlap guard of ``amf train`` and ``amf evaluate``: no figure held out of training comes back into it
-through another dataset (training/overlap.py finds the figures two datasets share).
+"""The overlap guard of ``amf train`` and ``amf evaluate``: no figure held out of training comes back into it,
+through another dataset or within one (training/overlap.py finds the figures shown twice).
 
-- ``amf train`` with several datasets, before any training: (1) a row that ``--split`` holds out of one dataset
-  (AMi-Br's test split, say) matching a training row of another; (2) per fold, a row of its validation (or test)
-  part matching a row of its training part. Either is refused (InputError, exit 2) unless ``--drop-overlap``
+- ``amf train``, before any training: (1) a row that ``--split`` holds out (AMi-Br's test split, say) matching a
+  training row, of another dataset or of its own; (2) per fold, a row of its validation (or test) part matching a
+  row of its training part. Either is refused (InputError, exit 2) unless ``--drop-overlap``
   (the training-side rows are dropped: (1) from the data, (2) from that fold's training part) or
   ``--allow-overlap`` (recorded in each fold's config.json).
 - The run folder records the rows it trained on (``training-rows.csv``: dataset, path, slide, x, y; and their
-  fingerprints, ``training-fingerprints.npy``); ``amf evaluate`` of that run warns in its report when
-  evaluation rows are training rows, or show their figures.
+  fingerprints, ``training-fingerprints.npy``), and ``amf export`` carries that record into the exported ensemble's
+  folder (beside ensemble.json; the container does not read it); ``amf evaluate`` of that run or export warns in
+  its report when evaluation rows are training rows, or show their figures.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def guard(everything: PatchSet, chosen: np.ndarray, folds: list[Fold], *, drop: 
     if not matches:
         return Guarded(data)
     if allow:
-        print(f"--allow-overlap: {len(matches)} figure(s) shared by two datasets, trained on as they are")
+        print(f"--allow-overlap: {len(matches)} figure(s) shown twice, trained on as they are")
         return Guarded(data)
     where = np.full(len(everything), -1)  # row of everything -> row of data (-1: not in it)
     where[chosen] = np.arange(len(data))
@@ -69,7 +70,7 @@ def guard(everything: PatchSet, chosen: np.ndarray, folds: list[Fold], *, drop: 
     if held:
         examples = [f"{describe(everything, t)} = {describe(everything, h)} ({kind})" for t, h, kind in held]
         if not drop:
-            _refuse(len({t for t, _, _ in held}), "that --split holds out of another dataset", examples)
+            _refuse(len({t for t, _, _ in held}), "that --split holds out", examples)
         keep = np.ones(len(data), bool)
         keep[[where[t] for t, _, _ in held]] = False
         renumber = np.where(keep, np.cumsum(keep) - 1, -1)
@@ -96,21 +97,57 @@ def guard(everything: PatchSet, chosen: np.ndarray, folds: list[Fold], *, drop: 
 
 def record_training_rows(folder: Path, data: PatchSet) -> None:
     """``folder/training-rows.csv`` (dataset, path, slide, x, y) and ``folder/training-fingerprints.npy``: the
-    rows a run trains on, for :func:`evaluation_warning`. Each file is written whole, then renamed: ``--jobs``
-    children write the same files at once."""
+    rows a run trains on, for :func:`evaluation_warning`."""
     positions = data.positions if data.positions is not None else np.full((len(data), 2), np.nan)
-    rows = io.StringIO()
-    writer = csv.writer(rows)
-    writer.writerow(ROW_FIELDS)
-    for i, path in enumerate(data.paths):
-        writer.writerow([_dataset(data, i), Path(path).resolve(), _slide(data, i),
-                         *("" if np.isnan(v) else f"{v:g}" for v in positions[i])])
-    prints = io.BytesIO()
-    np.save(prints, overlap.fingerprints(data.images))
-    for name, content in ((TRAINING_ROWS, rows.getvalue().encode()), (TRAINING_PRINTS, prints.getvalue())):
+    rows = [dict(zip(ROW_FIELDS, [_dataset(data, i), Path(path).resolve(), _slide(data, i),
+                                  *("" if np.isnan(v) else f"{v:g}" for v in positions[i])]))
+            for i, path in enumerate(data.paths)]
+    _write_record(folder, rows, overlap.fingerprints(data.images))
+
+
+def carry_training_rows(sources: list[Path], out: Path) -> int:
+    """``amf export``: the record of the rows its sources (runs, fold folders, exported ensembles) trained on, into
+    the export's folder ``out``, each row once, so that ``amf evaluate`` of the export warns as it does for a run.
+    Returns the rows carried; with none recorded, an earlier export's record there is removed."""
+    folders = _recorded(sources)
+    rows, prints, seen = [], [], set()
+    for folder in folders:
+        for row, fingerprint in zip(_read_rows(folder), np.load(folder / TRAINING_PRINTS)):
+            if (row["dataset"], row["path"]) not in seen:
+                seen.add((row["dataset"], row["path"]))
+                rows.append(row)
+                prints.append(fingerprint)
+    if not rows:
+        for name in (TRAINING_ROWS, TRAINING_PRINTS):
+            (out / name).unlink(missing_ok=True)
+        return 0
+    _write_record(out, rows, np.stack(prints))
+    return len(rows)
+
+
+def _write_record(folder: Path, rows: list[dict], prints: np.ndarray) -> None:
+    """Each file written whole, then renamed: ``--jobs`` children write the same files at once."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, ROW_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    buffer = io.BytesIO()
+    np.save(buffer, prints)
+    for name, content in ((TRAINING_ROWS, text.getvalue().encode()), (TRAINING_PRINTS, buffer.getvalue())):
         partial = folder / f".{name}.{os.getpid()}"
         partial.write_bytes(content)
         partial.replace(folder / name)
+
+
+def _recorded(sources: list[Path]) -> list[Path]:
+    """The folders with a record among ``sources`` and their parents (a fold folder's run)."""
+    return sorted({folder for source in map(Path, sources) for folder in (source, source.parent)
+                   if (folder / TRAINING_ROWS).is_file()})
+
+
+def _read_rows(folder: Path) -> list[dict]:
+    with (folder / TRAINING_ROWS).open(newline="", encoding="utf-8-sig") as f:
+        return list(csv.DictReader(f))
 
 
 def _dataset(data: PatchSet, i: int) -> str:
@@ -123,26 +160,23 @@ def _slide(data: PatchSet, i: int) -> str:
 
 def evaluation_warning(runs: list[Path], data: PatchSet) -> str | None:
     """A line for the report when rows of ``data`` are rows the runs (or fold folders' runs) trained on, or show
-    their figures (another dataset's row, by slide and position or by pixels); None when none is, or no run
+    their figures (a row of any dataset, by slide and position or by pixels); None when none is, or no run
     recorded its rows."""
-    folders = {folder for run in map(Path, runs) for folder in (run, run.parent) if (folder / TRAINING_ROWS).is_file()}
+    folders = _recorded(runs)
     if not folders:
         return None
-    rows = [row for folder in sorted(folders) for row in csv.DictReader((folder / TRAINING_ROWS).open())]
-    prints = np.concatenate([np.load(folder / TRAINING_PRINTS) for folder in sorted(folders)])
-    trained_sets = np.array([r["dataset"] for r in rows])
+    rows = [row for folder in folders for row in _read_rows(folder)]
+    prints = np.concatenate([np.load(folder / TRAINING_PRINTS) for folder in folders])
     xy = np.array([[float(r["x"] or "nan"), float(r["y"] or "nan")] for r in rows]).reshape(-1, 2)
     found: dict[int, tuple[str, int]] = {}  # evaluation row -> (how, training row)
     identity = {(r["dataset"], r["path"]): k for k, r in enumerate(rows)}
     sets = np.array([_dataset(data, i) for i in range(len(data))])
     for i, j in (overlap.pixel_matches(overlap.fingerprints(data.images), prints)):
-        if sets[i] != trained_sets[j]:
-            found.setdefault(int(i), (overlap.PIXELS, int(j)))
+        found.setdefault(int(i), (overlap.PIXELS, int(j)))
     if data.slide_files is not None and data.positions is not None:
         slides = np.array([r["slide"] for r in rows])
         for i, j in overlap.position_matches(data.slide_files, data.positions, slides, xy):
-            if sets[i] != trained_sets[j]:
-                found[int(i)] = (overlap.SLIDE_POSITION, int(j))
+            found[int(i)] = (overlap.SLIDE_POSITION, int(j))
     for i, path in enumerate(data.paths):
         if (sets[i], str(Path(path).resolve())) in identity:
             found[i] = (SAME_ROW, identity[sets[i], str(Path(path).resolve())])

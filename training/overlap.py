@@ -11,8 +11,10 @@
   pairs come first, cheaply, from the same correlation at quarter resolution (shifts of 4 px steps, CANDIDATE);
   the full check runs on those only. bench/overlap_guard.py measures both on AMi-Br against itself.
 
-Only pairs from two different datasets are matches: within one dataset, duplicates are that dataset's own
-business. :func:`find_overlaps` returns them as ``Match(i, j, kind)``, ``i < j`` row indices of one PatchSet.
+Pairs within one dataset count as well as pairs from two: a patch copied between split folders, or one figure
+exported twice, leaks as surely as a figure two datasets share. :func:`find_overlaps` returns them as
+``Match(i, j, kind)``, ``i < j`` row indices of one PatchSet; the guard (training/guard.py) refuses those that
+cross from a held-out part into training.
 """
 
 from __future__ import annotations
@@ -77,18 +79,22 @@ def _centre_and_windows(prints: np.ndarray, shift: int) -> tuple[np.ndarray, np.
             _unit(windows.reshape(len(prints), (2 * shift + 1) ** 2, -1)))
 
 
-def candidates(prints_a: np.ndarray, prints_b: np.ndarray) -> np.ndarray:
+def candidates(prints_a: np.ndarray, prints_b: np.ndarray | None = None) -> np.ndarray:
     """[K, 2] pairs (i in a, j in b) whose quarter-resolution correlation, at the best shift of up to 2 cells
-    (8 px) either way, reaches CANDIDATE: every pair, as matrix products (one per shift), in blocks of a."""
-    (ca, wa), (cb, wb) = (_centre_and_windows(_pool(p.astype(np.float32)), 2) for p in (prints_a, prints_b))
+    (8 px) either way, reaches CANDIDATE: every pair, as matrix products (one per shift), in blocks of a. Without
+    ``prints_b``: the pairs i < j of a with itself (half the work)."""
+    (ca, wa) = _centre_and_windows(_pool(prints_a.astype(np.float32)), 2)
+    (cb, wb) = (ca, wa) if prints_b is None else _centre_and_windows(_pool(prints_b.astype(np.float32)), 2)
     found = []
     for start in range(0, len(ca), BLOCK):
-        best = np.full((min(BLOCK, len(ca) - start), len(cb)), -1.0, np.float32)
+        stop, first = min(start + BLOCK, len(ca)), start if prints_b is None else 0  # first: b's first row compared
+        best = np.full((stop - start, len(cb) - first), -1.0, np.float32)
         for s in range(wa.shape[1]):  # a's centre in b's windows, and b's centre in a's
-            np.maximum(best, ca[start:start + BLOCK] @ wb[:, s].T, out=best)
-            np.maximum(best, wa[start:start + BLOCK, s] @ cb.T, out=best)
+            np.maximum(best, ca[start:stop] @ wb[first:, s].T, out=best)
+            np.maximum(best, wa[start:stop, s] @ cb[first:].T, out=best)
         i, j = np.nonzero(best >= CANDIDATE)
-        found.append(np.stack([i + start, j], 1))
+        keep = j + first > i + start if prints_b is None else slice(None)
+        found.append(np.stack([i[keep] + start, j[keep] + first], 1))
     return np.concatenate(found) if found else np.zeros((0, 2), int)
 
 
@@ -103,11 +109,12 @@ def best_correlation(prints_a: np.ndarray, prints_b: np.ndarray, batch: int = 51
     return out
 
 
-def pixel_matches(prints_a: np.ndarray, prints_b: np.ndarray) -> np.ndarray:
-    """[K, 2] pairs (i in a, j in b) whose centres show the same pixels."""
+def pixel_matches(prints_a: np.ndarray, prints_b: np.ndarray | None = None) -> np.ndarray:
+    """[K, 2] pairs (i in a, j in b) whose centres show the same pixels; without ``prints_b``, the pairs i < j of a."""
     pairs = candidates(prints_a, prints_b)
     if not len(pairs):
         return pairs
+    prints_b = prints_a if prints_b is None else prints_b
     return pairs[best_correlation(prints_a[pairs[:, 0]], prints_b[pairs[:, 1]]) >= PIXEL_MATCH]
 
 
@@ -129,24 +136,13 @@ def position_matches(slides_a: np.ndarray, xy_a: np.ndarray, slides_b: np.ndarra
 
 
 def find_overlaps(data, prints: np.ndarray | None = None) -> list[Match]:
-    """Every pair of rows of one PatchSet from two different datasets (``data.datasets``) that shows the same
-    figure, by slide and position or by pixels (``prints``: :func:`fingerprints` of its images, when at hand; a
-    pair found both ways counts as slide-position)."""
-    datasets = data.datasets if data.datasets is not None else np.full(len(data), "")
-    names = sorted(set(datasets))
-    if len(names) < 2:
-        return []
+    """Every pair of rows of one PatchSet (within a dataset or from two) that shows the same figure, by slide and
+    position or by pixels (``prints``: :func:`fingerprints` of its images, when at hand; a pair found both ways
+    counts as slide-position)."""
     prints = fingerprints(data.images) if prints is None else prints
-    found: dict[tuple[int, int], str] = {}
-    for k, name in enumerate(names):
-        a = np.flatnonzero(datasets == name)
-        b = np.flatnonzero(np.isin(datasets, names[k + 1:]))
-        if not len(b):
-            continue
-        for i, j in pixel_matches(prints[a], prints[b]):
-            found[tuple(sorted((int(a[i]), int(b[j]))))] = PIXELS
-        if data.slide_files is not None and data.positions is not None:
-            for i, j in position_matches(data.slide_files[a], data.positions[a], data.slide_files[b],
-                                         data.positions[b]):
-                found[tuple(sorted((int(a[i]), int(b[j]))))] = SLIDE_POSITION
+    found: dict[tuple[int, int], str] = {(int(i), int(j)): PIXELS for i, j in pixel_matches(prints)}
+    if data.slide_files is not None and data.positions is not None:
+        for i, j in position_matches(data.slide_files, data.positions, data.slide_files, data.positions):
+            if i < j:
+                found[int(i), int(j)] = SLIDE_POSITION
     return [Match(i, j, kind) for (i, j), kind in sorted(found.items())]

@@ -26,11 +26,10 @@ from runtime.contract import PROB_OUTPUT as PROB
 from runtime.device import CPU, cpu_threads
 from runtime.progress import progress_range
 from runtime.session import build_session, run_sessions
+from training.choices import QUANTIZE_MODES as MODES
 from training.data import PatchSet
 from training.folds import Fold
 
-MODES = ("static", "weights")
-CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 WEIGHT_INPUT = {"Conv": 1, "Gemm": 1, "MatMul": 1}  # op -> index of its weight input
 STATIC_OPS = ["Conv", "Gemm", "MatMul"]  # ops whose inputs and outputs get int8 scales in static mode
 CALIBRATION_BATCH = 32

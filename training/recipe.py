@@ -13,14 +13,15 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from training import choices
 from training.augment import AugmentConfig
+from training.choices import SELECTIONS
 from training.folds import CV_SCHEMES
 from training.network import NetworkConfig, has_decoders
 
 LOSSES = ("bce", "focal")
 SCHEDULES = ("constant", "cosine", "plateau")
 SAMPLING = ("shuffle", "balanced", "domain-aware")  # how training batches are drawn: training/sampling.py
-SELECTIONS = {"val_loss": ("val/loss", "min"), "val_ba": ("val/ba", "max")}  # name -> (logged metric, better)
 WEIGHT_AVERAGING = ("none", "ema")
 
 
@@ -179,6 +180,8 @@ PRESETS: dict[str, Recipe] = {
                            mixup_alpha=0.2, supcon_weight=0.1, domain_adversarial=0.1, class_weighted=True,
                            epochs=30, early_stopping=8, batch_size=16),
 }
+if tuple(PRESETS) != choices.PRESETS:  # amf offers training/choices.py's names before torch loads
+    raise ImportError(f"training/choices.py's PRESETS {choices.PRESETS} differ from the recipes {tuple(PRESETS)}")
 
 
 def build_recipe(args: argparse.Namespace) -> Recipe:

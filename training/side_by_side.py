@@ -4,8 +4,8 @@ A training step on a small batch does not keep many cores busy, so several fold 
 out as threads train more patches per second than one process that uses them all (on 2 cores, two folds of one
 thread each: about 30 % more). More processes than cores take turns on them (on 2 cores, three folds trained no
 faster in all than one process). Each child gets the parent's arguments with ``--folds NAME --jobs 1``
-appended (argparse keeps the last value) and writes its output to ``<out>/<fold>.log``. On a GPU, folds run one
-after another: processes sharing one GPU were slower per fold than the folds one at a time.
+appended (argparse keeps the last value) and writes its output to ``<out>/<fold folder name>.log``. On a GPU,
+folds run one after another: processes sharing one GPU were slower per fold than the folds one at a time.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from training.run_files import safe_name
+
 CHILD = "import sys; from cli.main import main; sys.exit(main())"
 
 
@@ -25,7 +27,7 @@ def threads_per_job(jobs: int) -> int:
 
 def _train_one(argv: list[str], out: Path, fold: str, threads: int) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    log_file = out / f"{fold}.log"
+    log_file = out / f"{safe_name(fold)}.log"
     print(f"[{fold}] started: a process of its own, {threads} thread{'s' * (threads > 1)}, output in {log_file}",
           flush=True)
     with open(log_file, "a") as log:

@@ -10,10 +10,11 @@ sum of the recipe's terms (terms.py). With ``--set weight_averaging=ema`` the av
 (``val_avg/*``) and selection picks the better of raw and averaged each epoch (averaging.py: ``select/score``,
 ``select/ema``; ``selected_weights`` in config.json).
 The run folder's ``curves.png`` (curves.py, ``amf curves``) is redrawn as each fold finishes.
-Several datasets (the data options repeated): before any training the overlap guard (guard.py) refuses a figure
-held out of one dataset, by ``--split`` or by a fold, that another brings into training (``--drop-overlap``,
-``--allow-overlap``); the run folder records the rows it trains on (``training-rows.csv``,
-``training-fingerprints.npy``) for ``amf evaluate``'s warning.
+Before any training the overlap guard (guard.py) refuses a figure held out, by ``--split`` or by a fold, that comes
+back into training from its own dataset or another (``--drop-overlap``, ``--allow-overlap``), and the pre-flight
+(preflight.py) refuses a run that cannot start, before anything is written; the run folder records the rows it
+trains on (``training-rows.csv``, ``training-fingerprints.npy``) for ``amf evaluate``'s warning. A fold's folder is
+its name made safe for file systems (run_files.py: ``val-amibr:tupac16`` -> ``val-amibr_tupac16``).
 ``--resume`` skips finished folds and continues an interrupted one from ``ckpt/last.ckpt``. ``--init RUN``
 starts each fold from the same fold's weights in an earlier run (continued training or fine-tuning).
 CPU runs use channels_last and bf16 autocast where the CPU has native bf16, else fp32 (device.py); GPUs use AMP;
@@ -38,21 +39,31 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from runtime.errors import InputError
 from training import curves
 from training.augment import augment, mixup
 from training.averaging import RawOrAverage, averaged_copy
 from training.checkpoint import init_weights, load_weights_only, save_checkpoint
-from training.data import ManifestError, PatchSet, load_every_row
-from training.device import ACCELERATORS, default_precision, on_gpu
+from training.choices import ACCELERATORS
+from training.data import PatchSet, load_every_row
+from training.device import default_precision, on_gpu
 from training.folds import Fold, make_folds, select_folds
-from training.guard import Guarded, guard, record_training_rows
+from training.guard import guard, record_training_rows
 from training.losses import inverse_frequency_weights, soft_targets
 from training.masks import GENERATOR_VERSION, external_masks, generate_masks
 from training.network import build_network, has_decoders, to_input
+from training.preflight import check_run, fold_rows
 from training.progress import progress_callbacks
 from training.recipe import Recipe
-from training.run_files import CURVES_FILE, EARLIER_METRICS, METRICS_FILE, WEIGHTS_FILE
+from training.run_files import (
+    CHECKPOINT_FOLDER,
+    CURVES_FILE,
+    EARLIER_METRICS,
+    LAST_CHECKPOINT,
+    METRICS_FILE,
+    WEIGHTS_FILE,
+    fold_folder,
+    fold_weights,
+)
 from training.sampling import make_loader
 from training.side_by_side import train_side_by_side
 from training.terms import STATE_NAMES, Targets, loss_terms, weighted_losses
@@ -218,7 +229,7 @@ def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray | None, recipe: Rec
                options: RunOptions = RunOptions(), exclude: np.ndarray | None = None) -> Path:
     """Train one fold; returns its folder (with model.safetensors + config.json). ``exclude``: rows kept out of
     its training part (``--drop-overlap``: they show figures of its held-out part)."""
-    folder = out / fold.name
+    folder = fold_folder(out, fold.name)
     train_rows, val_rows = fold_rows(fold, data, exclude)
     train, val = data.subset(train_rows), data.subset(val_rows)
     class_weights = inverse_frequency_weights(train.labels)
@@ -229,7 +240,7 @@ def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray | None, recipe: Rec
     loader, sampler_callbacks = make_loader(train, train_set, recipe, class_weights,
                                             torch.Generator().manual_seed(recipe.seed))
     module = MitosisTask(recipe.to_dict(), class_weights, len(loader), len(domains))
-    last = folder / "ckpt" / "last.ckpt"
+    last = folder / CHECKPOINT_FOLDER / LAST_CHECKPOINT
     resuming = options.resume and last.is_file()  # decided once: then the fold continues from last.ckpt
     init_file = fold_weights(options.init, fold.name) if options.init is not None else None
     if init_file is not None and not resuming:
@@ -253,18 +264,6 @@ def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray | None, recipe: Rec
     return folder
 
 
-def fold_rows(fold: Fold, data: PatchSet, exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """The rows of ``data`` the fold trains and validates on; a fold without either is refused (selection needs a
-    validation part)."""
-    train_rows, val_rows, _ = fold.indices(data.domains, data.slides)
-    if exclude is not None:
-        train_rows = np.setdiff1d(train_rows, exclude)
-    if not len(train_rows) or not len(val_rows):
-        raise ManifestError(f"fold {fold.name}: {len(train_rows)} training and {len(val_rows)} validation patches in "
-                            f"the data (domains: {', '.join(sorted(set(data.domains)))})")
-    return train_rows, val_rows
-
-
 def domain_ids(ps: PatchSet, domains: list[str]) -> np.ndarray:
     """Each patch's index in ``domains`` (sorted; a domain not among them gets a neighbour's, never used)."""
     return np.searchsorted(domains, ps.domains).clip(0, len(domains) - 1)
@@ -274,7 +273,7 @@ def fold_trainer(folder: Path, name: str, recipe: Recipe, options: RunOptions,
                  callbacks: list[Callback]) -> tuple[L.Trainer, ModelCheckpoint]:
     """Lightning's trainer for the fold in ``folder``, and its callback that keeps the selected epoch."""
     monitor, mode = recipe.selection()
-    best, latest = checkpoints(folder / "ckpt", monitor, mode)
+    best, latest = checkpoints(folder / CHECKPOINT_FOLDER, monitor, mode)
     callbacks = [best, latest, Throughput(), *progress_callbacks(name), *callbacks]  # a log gets plain lines, no bar
     if recipe.early_stopping:
         # strict=False: --max-steps may end a fold before any validation
@@ -332,13 +331,6 @@ def _append_metrics(source: Path, target: Path) -> None:
     source.unlink()
 
 
-def fold_weights(init: Path, fold_name: str) -> Path:
-    """The weights a fold starts from: ``init/<fold>/`` when it exists, else ``init`` itself (one model for all)."""
-    for candidate in (init / fold_name / WEIGHTS_FILE, init / WEIGHTS_FILE, init):
-        if candidate.is_file():
-            return candidate
-    raise InputError(f"--init {init}: neither {init / fold_name / WEIGHTS_FILE} nor a weights file (an earlier run "
-                     "folder with this fold, a fold folder or a .safetensors file)")
 
 
 def run(args: argparse.Namespace, recipe: Recipe) -> int:
@@ -354,13 +346,13 @@ def run(args: argparse.Namespace, recipe: Recipe) -> int:
     if args.folds:
         folds = select_folds(folds, args.folds.split(","))
     if args.resume:  # a fold with its final weights is done
-        for fold in (f for f in folds if (args.out / f.name / WEIGHTS_FILE).is_file()):
+        for fold in (f for f in folds if (fold_folder(args.out, f.name) / WEIGHTS_FILE).is_file()):
             print(f"[{fold.name}] finished earlier, skipped")
-        folds = [f for f in folds if not (args.out / f.name / WEIGHTS_FILE).is_file()]
-    guarded = Guarded(data)
-    if len(args.data) > 1:  # figures two datasets share: refused unless dropped or allowed
-        guarded = guard(everything, chosen, folds, drop=args.drop_overlap, allow=args.allow_overlap)
-        data = guarded.data
+        folds = [f for f in folds if not (fold_folder(args.out, f.name) / WEIGHTS_FILE).is_file()]
+    # figures shown twice (within a dataset or across two) across a held-out part: refused unless dropped or allowed
+    guarded = guard(everything, chosen, folds, drop=args.drop_overlap, allow=args.allow_overlap)
+    data = guarded.data
+    check_run(folds, data, recipe, guarded.exclude, args.out, resume=args.resume, init=args.init)  # writes nothing
     masks = None
     if has_decoders(recipe.network) and folds:
         masks = external_masks(args.masks, data, args.data) if args.masks else generate_masks(data.images, args.cache)

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 from conftest import ROOT, StandInOrt, make_tiny_ensemble, real_pages
 
-from runtime import device
+from runtime import device, session
 from runtime.ensemble import Ensemble
 
 
@@ -114,3 +114,10 @@ def test_cuda_that_cannot_start_leaves_the_cpu_graphs_to_the_cpu(monkeypatch):
     ens = Ensemble(ROOT / "weights")
     assert (ens.provider, ens.layout, ens.device_note) == (device.CPU, "4 graphs in this process", "no NVIDIA driver")
     assert ens.predict(real_pages(2)).member_probs.shape == (2, 4)
+
+
+def test_sessions_keep_no_cpu_memory_arena():
+    """Without an arena a session returns a batch's activations after the run: amf predict's workers stay
+    bounded by one batch of one graph (the figures: bench/peak_memory.py, docs/performance.md)."""
+    options = session.session_options(session.load_onnxruntime(), 1)
+    assert options.enable_cpu_mem_arena is False and options.intra_op_num_threads == 1

@@ -29,9 +29,11 @@ def test_probabilities_and_classes_follow_the_model_and_the_vote(tmp_path):
     prediction = ens.predict(pages)
     results = results_json(prediction.atypical, prediction.confidence)
     validate_results(results, 20)
-    atypical, confidence = vote(probs, [0.5] * 4)
-    assert [r["class"] == "atypical" for r in results] == atypical.tolist()
-    np.testing.assert_allclose([r["confidence"] for r in results], confidence)
+    # by hand: majority of the 4 folds at 0.5, a 2-2 tie to the mean probability; confidence the mean
+    above, mean = (probs >= 0.5).sum(1), probs.mean(1)
+    expected = np.where(above == 2, mean >= 0.5, above > 2)
+    assert [r["class"] == "atypical" for r in results] == expected.tolist()
+    np.testing.assert_allclose([r["confidence"] for r in results], mean, rtol=1e-6)
 
 
 def test_d4_tta_averages_each_fold_over_the_eight_views(tmp_path):

@@ -45,6 +45,19 @@ def test_missing_files_are_an_input_error(tmp_path, tiny_weights, capsys):
     assert not (tmp_path / "p.csv").exists()
 
 
+def test_no_image_is_an_input_error_with_no_output(tmp_path, tiny_weights, capsys):
+    """As process.py: a folder without images (or a manifest without rows) is exit 2, and no CSV is written."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "rows.csv").write_text("\ufefffile,label\n", encoding="utf-8")  # a header only (and a BOM)
+    for inputs in ([tmp_path / "empty"], [tmp_path / "rows.csv"], [tmp_path / "empty", tmp_path / "rows.csv"]):
+        out = tmp_path / "out" / "p.csv"
+        assert main(["predict", *map(str, inputs), "--out", str(out), "--weights", str(tiny_weights)]) == EXIT_INPUT
+        err = capsys.readouterr().err
+        assert err.startswith("amf predict: error: ") and "no image" in err and err.count("\n") == 1, err
+        assert not (tmp_path / "out").exists()
+
+
 def test_an_unwritable_csv_is_one_line_and_the_output_exit_code_with_no_partial_file(tmp_path, tiny_weights, capsys,
                                                                                       monkeypatch):
     stack = next((HERE / "input").rglob("*.tif"))

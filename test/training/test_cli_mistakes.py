@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import json
 import shlex
+import time
 from pathlib import Path
 
 import lightning
@@ -92,20 +93,57 @@ CASES = [
     ("frobnicate", EXIT_INPUT, "invalid choice: 'frobnicate'"),
     # several datasets: the data options repeated, and the overlap guard
     ("data --manifest M --manifest M --format amibr --format amibr --format amibr", EXIT_INPUT,
-     "--format given 3 time(s) for 2 --manifest", "once or 2 times"),
-    ("train --manifest M --manifest M --name a --out OUT", EXIT_INPUT, "--name given 1 time(s) for 2 --manifest",
-     "give it 2 times"),
+     "--format given 3 time(s) for 2 --manifest", "belongs to the --manifest it follows"),
+    ("train --name a --manifest M --manifest M --out OUT", EXIT_INPUT, "--name before the first --manifest"),
+    ("data --manifest M --format amibr --columns path=a,label=b --manifest MM --format csv", EXIT_INPUT,
+     "--columns given 1 time(s) for 1 --format csv dataset(s)"),
     ("data --manifest M --format csv", EXIT_INPUT, "--format csv", "--columns path=...,label=..."),
     ("data --manifest M --columns path=a,label=b", EXIT_INPUT, "--columns: names the columns of a --format csv"),
     ("evaluate W --manifest M --format csv --columns nope --out OUT", EXIT_INPUT, "--columns 'nope': expected KEY"),
     ("data --manifest M --split tset", EXIT_INPUT, "--split 'tset'"),
     ("data --manifest M --out FILE", EXIT_OUTPUT, "a file is there, not a folder"),
     ("data --manifest MM --format midog25 --domain-column Organ", EXIT_INPUT, "missing column(s) ['Organ']"),
-    ("train --manifest MM --manifest MM --format midog25 --split train --out OUT", EXIT_INPUT,
+    ("train --format midog25 --manifest MM --manifest MM --split train --out OUT", EXIT_INPUT,
      "none of the 2 datasets has a split column"),
     ("train --manifest MA --manifest MM --format amibr --format midog25 --split train --out OUT", EXIT_INPUT,
-     "2 training row(s) show a figure that --split holds out of another dataset", "--drop-overlap", "--allow-overlap"),
+     "2 training row(s) show a figure that --split holds out", "--drop-overlap", "--allow-overlap"),
     ("train --manifest M --out OUT --drop-overlap --allow-overlap", EXIT_INPUT, "not allowed with argument"),
+]
+
+# Options that would do nothing with the others given, and bad values the parser alone cannot see: each is refused
+# before any work (one line, exit 2; the no-op test below also times it and checks that no image was read).
+NO_OPS = [
+    ("train --manifest M --out OUT --preset seed002-efficientnetv2-m --hold-out-test", EXIT_INPUT,
+     "--hold-out-test: holds a domain out of leave-one-domain-out folds", "folds are slide-kfold"),
+    ("train --manifest M --out OUT --set cv=slide-kfold --hold-out-test", EXIT_INPUT, "--hold-out-test"),
+    ("train --manifest M --out OUT --preset seed002-efficientnetv2-m --single-task", EXIT_INPUT,
+     "--single-task: switches the multi-task network's decoders off", "(timm) has none"),
+    ("train --manifest M --out OUT --single-task --masks EMPTY", EXIT_INPUT, "trains without decoders"),
+    ("train --manifest M --out OUT --precision bogus", EXIT_INPUT, "argument --precision: invalid choice: 'bogus'"),
+    ("train --manifest M --out OUT --devices 0", EXIT_INPUT, "argument --devices: '0': expected auto, a count"),
+    ("train --manifest M --out OUT --devices two", EXIT_INPUT, "argument --devices: 'two'"),
+    ("train --manifest M --out OUT --device cpu --devices 0,1", EXIT_INPUT, "device indexes choose GPUs"),
+    ("calibrate W --manifest M --split train --batch-size 8", EXIT_INPUT,
+     "--batch-size 8: the PyTorch batch of fold checkpoints", "every source is an exported ensemble"),
+    ("calibrate W --manifest M --split train --write", EXIT_INPUT, "--write: writes the threshold into run folders"),
+    ("calibrate W --manifest M --device gpu", EXIT_INPUT, "argument --device: invalid choice: 'gpu'"),
+    ("evaluate W --manifest M --out OUT --batch-size 8", EXIT_INPUT, "every source is an exported ensemble"),
+    ("evaluate W --manifest M --out OUT --no-vote --vote majority", EXIT_INPUT, "--vote: shows the vote"),
+    ("evaluate W --manifest M --out OUT --no-vote --gallery 3", EXIT_INPUT, "--gallery: shows the vote"),
+    ("export W --manifest M --out OUT --quantize weights --calibration entropy", EXIT_INPUT,
+     "--calibration: calibrates the int8 activations of --quantize static"),
+    ("export W --manifest M --out OUT --quantize weights --calibration-patches 64", EXIT_INPUT,
+     "--calibration-patches"),
+    ("export W --manifest M --out OUT --quantize float", EXIT_INPUT, "argument --quantize: invalid choice"),
+    ("pick RUN --manifest M --split train --out OUT --batch-size 0", EXIT_INPUT, "argument --batch-size"),
+    ("predict M --out OUT --device gpu", EXIT_INPUT, "argument --device: invalid choice: 'gpu'"),
+    ("predict M --out OUT --vote best", EXIT_INPUT, "argument --vote: invalid choice: 'best'"),
+    ("data --manifest M --manifest MM --name a --name b --name c", EXIT_INPUT, "--name given 3 time(s) for 2"),
+    ("data --manifest M --format folders --split train", EXIT_INPUT, "--format folders"),
+    ("masks --manifest M --out OUT --per-class 0", EXIT_INPUT, "argument --per-class"),
+    ("augment --manifest M --out OUT --preset nope", EXIT_INPUT, "argument --preset: invalid choice: 'nope'"),
+    ("augment --manifest M --out OUT --set augment.nosuch=1", EXIT_INPUT, "--set augment.nosuch: no such field"),
+    ("curves RUN --out EMPTY", EXIT_OUTPUT, "a folder is there; give a file name"),
 ]
 
 
@@ -137,6 +175,10 @@ def no_training(monkeypatch):
     monkeypatch.setattr(lightning.Trainer, "fit", refuse)
 
 
+def no_images(*args, **kwargs):
+    raise AssertionError("a refused option got as far as reading images")
+
+
 def amf(line: str, places: dict[str, Path], out: Path) -> int:
     """Run ``amf LINE`` in this process, the names of places replaced by their paths; its exit code."""
     places = {**places, "OUT": out}
@@ -162,6 +204,23 @@ def test_a_mistake_is_one_line_and_its_exit_code(line, code, words, places, tmp_
 
 def test_every_command_has_mistakes_in_the_table():
     assert {line.split()[0] for line, *_ in CASES} >= set(cli.COMMANDS)
+    assert {line.split()[0] for line, *_ in NO_OPS} >= set(cli.COMMANDS)
+
+
+@pytest.mark.parametrize(("line", "code", "words"), [(c[0], c[1], c[2:]) for c in NO_OPS], ids=[c[0] for c in NO_OPS])
+def test_an_option_that_would_do_nothing_is_refused_before_any_work(line, code, words, places, tmp_path, capsys,
+                                                                    monkeypatch):
+    from training import data
+
+    monkeypatch.setattr(data, "_load_patches", no_images)
+    start = time.perf_counter()
+    got = amf(line, places, tmp_path / "out")
+    seconds = time.perf_counter() - start
+    err = capsys.readouterr().err
+    assert got == code and err.count("\n") == 1 and err.startswith(f"amf {line.split()[0]}: error: "), err
+    assert all(w in err for w in words), err
+    assert seconds < 3, f"{seconds:.1f} s: checked after some work"
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_full_disk_mid_work_is_one_line_and_the_output_code(places, monkeypatch, capsys):

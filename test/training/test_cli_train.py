@@ -1,5 +1,4 @@
-"""``amf``'s training commands: recipe and manifest errors are one line and exit 2, and the choice lists that
-cli/options.py repeats by name (so that parsing needs no torch) match the training side's."""
+"""``amf``'s training commands: recipe and manifest errors are one line and exit 2."""
 
 from __future__ import annotations
 
@@ -7,8 +6,7 @@ import pytest
 from conftest import AMIBR_FIXTURE
 
 from cli import main as cli
-from cli import options
-from training import data, device, export, quantize, recipe
+from training import calibrate, data, device, evaluate, export, masks, train
 
 
 @pytest.mark.parametrize(("setting", "message"), [
@@ -38,23 +36,7 @@ def test_a_bad_manifest_is_an_error_line_and_exit_2(tmp_path, capsys):
     assert capsys.readouterr().err == f"amf evaluate: error: {tmp_path / 'missing.csv'}: manifest not found\n"
 
 
-def test_the_device_option_maps_to_lightnings_accelerator():
-    assert set(device.ACCELERATORS) == set(options.DEVICES) and device.ACCELERATORS["cuda"] == "gpu"
-
-
-def test_the_cli_choice_lists_match_the_training_side():
-    assert set(options.FORMATS) == {*data.FORMATS, data.CSV_FORMAT, "folders"}
-    assert set(options.PRESETS) == set(recipe.PRESETS)
-    assert set(options.SELECTIONS) == set(recipe.SELECTIONS)
-    assert set(options.QUANTIZE_MODES) == set(quantize.MODES)
-    assert set(options.CALIBRATION_METHODS) == set(quantize.CALIBRATION_METHODS)
-    assert (cli.EXPORT_CALIBRATION, cli.EXPORT_CALIBRATION_PATCHES) == (export.CALIBRATION_METHOD,
-                                                                      export.CALIBRATION_PATCHES)
-
-
 def test_the_old_module_entry_points_are_gone():
-    from training import calibrate, evaluate, masks, train
-
     for module in (train, calibrate, evaluate, export, masks):
         assert not hasattr(module, "main"), module.__name__
         assert "__main__" not in open(module.__file__).read(), module.__name__

@@ -59,10 +59,10 @@ def test_the_csv_format_takes_the_columns_the_user_names():
 
 
 def test_several_datasets_load_as_one_with_dataset_domains_and_the_split_where_there_is_one():
-    data = load(sources("--manifest", str(MULTI_FIXTURE / "amibr.csv"), "--manifest", str(MIDOG25),
-                                 "--format", "amibr", "--format", "midog25", "--manifest",
-                                 str(MULTI_FIXTURE / "other" / "other.csv"), "--format", "csv", "--columns",
-                                 OTHER_COLUMNS), split="train")
+    data = load(sources("--manifest", str(MULTI_FIXTURE / "amibr.csv"), "--format", "amibr",
+                         "--manifest", str(MIDOG25), "--format", "midog25",
+                         "--manifest", str(MULTI_FIXTURE / "other" / "other.csv"), "--format", "csv",
+                         "--columns", OTHER_COLUMNS), split="train")
     assert len(data) == 16 + 8 + 4 and sorted(set(data.datasets)) == ["amibr", "midog25", "other"]
     assert "amibr:tupac16" in data.domains and "midog25:human breast cancer" in data.domains
     assert "other:human breast (other)" in data.domains
@@ -82,13 +82,23 @@ def test_one_dataset_loads_its_split_rows_as_the_manifest_gives_them():
     assert set(data.datasets) == {"amibr"}
 
 
-def test_repeated_options_pair_in_order_and_names_are_unique():
-    got = sources("--manifest", "a.csv", "--manifest", "b.csv", "--format", "midog25", "--root", "r1", "--root", "r2")
+def test_a_per_dataset_option_belongs_to_the_manifest_it_follows():
+    got = sources("--manifest", "a.csv", "--manifest", "b.csv", "--format", "midog25", "--domain-column", "Scanner")
+    assert [(s.format, s.domain_column, s.name) for s in got] == [("amibr", None, "amibr"),
+                                                                  ("midog25", "Scanner", "midog25")]
+    # before the first --manifest: every dataset's, unless one that follows a manifest overrides it there
+    got = sources("--format", "midog25", "--manifest", "a.csv", "--manifest", "b.csv", "--format", "amibr")
+    assert [(s.format, s.name) for s in got] == [("midog25", "midog25"), ("amibr", "amibr")]
+    got = sources("--root", "r", "--manifest", "a.csv", "--manifest", "b.csv", "--name", "omg-octo")
+    assert [(str(s.root), s.name) for s in got] == [("r", "amibr"), ("r", "omg-octo")]
+    # once per dataset, all after the last --manifest: paired in order
+    got = sources("--manifest", "a.csv", "--manifest", "b.csv", "--format", "midog25", "--format", "midog25",
+                  "--root", "r1", "--root", "r2")
     assert [(s.format, str(s.root), s.name) for s in got] == [("midog25", "r1", "midog25"),
                                                               ("midog25", "r2", "midog25-2")]
     got = sources("--manifest", "x/o.csv", "--format", "csv", "--columns", "path=p,label=l", "--name", "mine")
     assert got[0].name == "mine" and got[0].columns == "path=p,label=l"
     with pytest.raises(InputError, match=r"--format given 3 time\(s\) for 2 --manifest"):
         sources("--manifest", "a", "--manifest", "b", "--format", "amibr", "--format", "amibr", "--format", "amibr")
-    with pytest.raises(InputError, match="--name given 1 time"):
-        sources("--manifest", "a", "--manifest", "b", "--name", "one")
+    with pytest.raises(InputError, match="--name before the first --manifest"):
+        sources("--name", "one", "--manifest", "a", "--manifest", "b")

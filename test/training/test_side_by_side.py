@@ -40,13 +40,17 @@ def test_two_folds_train_at_once_each_in_its_own_process_with_its_share_of_the_c
 
 
 def test_a_failing_fold_fails_the_command_and_names_its_log(tmp_path, capsys):
-    (tmp_path / "nothing").mkdir()  # exists, so the parent lets it through; no fold's weights in it
-    assert amf(args(tmp_path, "--init", str(tmp_path / "nothing"))) == 1
+    (tmp_path / "nothing").mkdir()  # no fold's weights in it: the pre-flight stops the parent, no child starts
+    assert amf(args(tmp_path, "--init", str(tmp_path / "nothing"))) == 2
+    assert f"amf train: error: --init {tmp_path / 'nothing'}: neither" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    # a precision Lightning refuses: the parent builds no trainer, so each child fails as its fold starts
+    assert amf(args(tmp_path, "--precision", "bogus")) == 1
     out = capsys.readouterr().out
     for fold in FOLDS:
         log = tmp_path / "run" / f"{fold}.log"
-        assert f"[{fold}] failed (exit 2): see {log}" in out
-        assert f"amf train: error: --init {tmp_path / 'nothing'}: neither" in log.read_text()
+        assert f"[{fold}] failed (exit 1): see {log}" in out
+        assert "bogus" in log.read_text()
 
 
 def test_side_by_side_on_a_gpu_is_refused_before_any_image_is_read(tmp_path, capsys, monkeypatch):
