@@ -147,9 +147,10 @@ def train(args: argparse.Namespace) -> int:
     import torch
 
     from training import train
+    from training.recipe import build_recipe
 
     try:
-        recipe = train.build_recipe(args)
+        recipe = build_recipe(args)
     except ValueError as exc:  # the recipe's checks name the valid choices
         raise InputError(exc) from None
     checks.recipe_options(args, recipe)

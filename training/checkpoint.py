@@ -37,6 +37,13 @@ def read_config(folder: str | Path) -> dict:
     return json.loads((Path(folder) / CONFIG_FILE).read_text())
 
 
+def selected_score(config: dict) -> float | None:
+    """The selection metric's value at the fold's selected epoch, None where the fold was never validated (the
+    config.json of such a fold from an older version holds its last logged metrics there instead, a dict)."""
+    score = config.get("selected_score")
+    return float(score) if isinstance(score, int | float) else None
+
+
 def load_network(folder: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild the network from ``config.json`` and load ``model.safetensors`` (strict); files that cannot be read
     or do not fit together (a corrupt or truncated checkpoint) are a ModelError naming the folder."""

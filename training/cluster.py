@@ -26,7 +26,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
@@ -37,10 +37,12 @@ def environment_plugins() -> list:
     return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
 
 
-class StopOnSignal(Callback):
+class StopOnSignal(Checkpoint):
     """Saves ``last`` at the end of the training batch during which USR1 or TERM arrived, requeues the SLURM job after
     USR1, and ends the process; prints one line that says so. Lightning resumes a checkpoint saved at a batch's end
-    after that batch; callbacks' end-of-batch hooks run before the module's, so this one runs the module's first.
+    after that batch, so every other end-of-batch hook must have run first: as a ``Checkpoint`` Lightning runs this
+    callback after all others (the module's own ones too, e.g. the weight average's update), and the module's own
+    hook, which comes after callbacks, it runs itself.
     During an epoch's last batch (or its validation) it waits for the next epoch's start: the epoch's end has written
     ``last`` then, and a resume from there needs nothing more."""
 

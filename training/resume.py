@@ -60,7 +60,8 @@ class ExactResume(Callback):
     """Puts the state the module docstring lists into every checkpoint, and takes it back on ``--resume``. Build it
     on the training loader and train on :attr:`loader` (the same batches, drawn through :class:`EpochOrder`)."""
 
-    def __init__(self, loader: DataLoader, sampler: DomainAwareSampler | None = None) -> None:
+    def __init__(self, loader: DataLoader) -> None:
+        sampler = loader.sampler if isinstance(loader.sampler, DomainAwareSampler) else None  # its losses are state
         self.order = EpochOrder(loader.sampler, loader.sampler.generator)  # the generator that draws the order
         self.loader = DataLoader(loader.dataset, loader.batch_size, sampler=self.order, drop_last=loader.drop_last,
                                  generator=loader.generator)
