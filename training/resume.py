@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 import warnings
 from collections.abc import Iterator
+from itertools import islice
 
 import lightning as L
 import numpy as np
@@ -48,7 +49,9 @@ class EpochOrder(Sampler[int]):
             set_generators(generators)
             yield from self.order[done:].tolist()
             return
-        self.order = torch.tensor(list(self.sampler), dtype=torch.int64)
+        # as many as the sampler's length, no more: a sampler drawing further (RandomSampler's trailing draw once its
+        # permutation is spent) would move the generator past where an epoch without this wrapper leaves it
+        self.order = torch.tensor(list(islice(self.sampler, len(self.sampler))), dtype=torch.int64)
         self.generator_after = self.generator.get_state()
         yield from self.order.tolist()
 
