@@ -142,6 +142,11 @@ def devices(text: str) -> str:
 
 def training_options(args: argparse.Namespace) -> None:
     """``amf train``'s options that need others, checked before torch loads."""
+    if args.jobs > 1 and args.fold_index is not None:
+        raise InputError("--jobs: trains several folds side by side, and --fold-index picks one: give one of them")
+    if args.num_nodes > 1 and not {"SLURM_JOB_ID", "WORLD_SIZE"} & set(os.environ):
+        raise InputError(f"--num-nodes {args.num_nodes}: nodes join one model when srun (SLURM) or torchrun starts "
+                         "the processes (docs/cluster.md)")
     if args.device == "cpu" and args.devices not in ("auto", "-1") and "," in args.devices:
         raise InputError(f"--devices {args.devices}: device indexes choose GPUs; with --device cpu give a count")
 

@@ -97,6 +97,9 @@ def train_args(p: argparse.ArgumentParser) -> None:
     f = p.add_argument_group("folds and masks")
     f.add_argument("--folds", metavar="NAMES",
                    help="comma-separated fold names or validation domains to run (default: all)")
+    f.add_argument("--fold-index", type=non_negative_int, metavar="I",
+                   help="train only the I-th fold (from 0, in run order; after --folds): one fold per SLURM array "
+                        "task, --fold-index $SLURM_ARRAY_TASK_ID (docs/cluster.md)")
     f.add_argument("--hold-out-test", action="store_true", help="leave-one-domain-out only: each fold also holds "
                    "the next domain out of training and validation; amf evaluate of the run scores each fold's model "
                    "on it")
@@ -116,7 +119,10 @@ def train_args(p: argparse.ArgumentParser) -> None:
                    "earlier run (or one fold folder / .safetensors file); tensors it lacks, e.g. decoders, start fresh")
     add_device(x, "Lightning's accelerator: auto | cpu | cuda (gpu)")
     x.add_argument("--devices", default="auto", type=checks.devices, help="auto, how many devices (-1: all), or "
-                   "which (GPU indexes, e.g. 0,1): Lightning's devices; several train with DDP (default auto)")
+                   "which (GPU indexes, e.g. 0,1): Lightning's devices; several train with DDP; under srun, the tasks "
+                   "per node (default auto)")
+    x.add_argument("--num-nodes", type=positive_int, default=1, metavar="N",
+                   help="nodes of one DDP job (srun --nodes; docs/cluster.md) (default 1)")
     x.add_argument("--precision", choices=PRECISIONS, metavar="NAME", help=f"Lightning's precision: "
                    f"{' | '.join(PRECISIONS)} (default bf16-mixed on GPUs and on CPUs with native bf16, e.g. AVX-512 "
                    f"BF16; else 32-true)")
@@ -141,9 +147,10 @@ def train(args: argparse.Namespace) -> int:
     import torch
 
     from training import train
+    from training.recipe import build_recipe
 
     try:
-        recipe = train.build_recipe(args)
+        recipe = build_recipe(args)
     except ValueError as exc:  # the recipe's checks name the valid choices
         raise InputError(exc) from None
     checks.recipe_options(args, recipe)

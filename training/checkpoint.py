@@ -18,7 +18,7 @@ from torch import nn
 
 from runtime.errors import ModelError
 from training.network import NetworkConfig, build_network
-from training.run_files import CONFIG_FILE, WEIGHTS_FILE
+from training.run_files import CONFIG_FILE, WEIGHTS_FILE, atomic_path, write_atomically
 
 
 def save_checkpoint(folder: str | Path, net: nn.Module, meta: dict) -> Path:
@@ -26,14 +26,22 @@ def save_checkpoint(folder: str | Path, net: nn.Module, meta: dict) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    save_file(state, folder / WEIGHTS_FILE)
     config = {"network": net.cfg.to_dict(), **meta}
-    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str))
+    write_atomically(folder / CONFIG_FILE, json.dumps(config, indent=2, default=str).encode())
+    with atomic_path(folder / WEIGHTS_FILE) as partial:  # last: a fold with its weights file is finished
+        save_file(state, partial)
     return folder
 
 
 def read_config(folder: str | Path) -> dict:
     return json.loads((Path(folder) / CONFIG_FILE).read_text())
+
+
+def selected_score(config: dict) -> float | None:
+    """The selection metric's value at the fold's selected epoch, None where the fold was never validated (the
+    config.json of such a fold from an older version holds its last logged metrics there instead, a dict)."""
+    score = config.get("selected_score")
+    return float(score) if isinstance(score, int | float) else None
 
 
 def load_network(folder: str | Path) -> tuple[nn.Module, dict]:

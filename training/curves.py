@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.errors import InputError
-from training.run_files import CONFIG_FILE, CURVES_FILE, EARLIER_METRICS, METRICS_FILE
+from training.run_files import CONFIG_FILE, CURVES_FILE, EARLIER_METRICS, METRICS_FILE, atomic_path
 
 RAW, AVERAGED = "val/ba", "val_avg/ba"
 LOSSES = (("train/loss", "training"), ("val/loss", "validation"))
@@ -153,7 +153,8 @@ def plot(folds: list[FoldCurves], out: Path, title: str) -> Path:
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110, format="png")  # whatever the name ends in
+    with atomic_path(out) as partial:  # folds finishing together (SLURM array tasks) each redraw it
+        fig.savefig(partial, dpi=110, format="png")  # whatever the name ends in
     plt.close(fig)
     return out
 

@@ -45,7 +45,7 @@ from runtime.contract import (
 )
 from runtime.errors import ModelError
 from runtime.version import __version__
-from training.checkpoint import load_pruned, member_names
+from training.checkpoint import load_pruned, member_names, selected_score
 from training.choices import CALIBRATION_METHOD, CALIBRATION_PATCHES
 from training.cpu_graph import write_cpu_graphs
 from training.data import PatchSet, load
@@ -129,7 +129,7 @@ def _from_checkpoints(runs: list[str | Path]) -> FloatGraph:
                         "threshold": float(config.get("threshold", 0.5)),
                         "network": config["network"], "fold": config.get("fold"),
                         "selected_epoch": config.get("selected_epoch"), "selected_on": config.get("selected_on"),
-                        "selected_score": config.get("selected_score"),
+                        "selected_score": selected_score(config),
                         "selected_weights": config.get("selected_weights", "raw")})
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "float.onnx"

@@ -94,3 +94,12 @@ def select_folds(folds: list[Fold], wanted: list[str]) -> list[Fold]:
         raise InputError(f"--folds: no fold {', '.join(map(repr, unknown))} in this run; its folds: "
                          f"{', '.join(f.name for f in folds)} (or, leaving one domain out, their validation domains)")
     return [f for f in folds if f.val_domain in wanted or f.name in wanted]
+
+
+def fold_at(folds: list[Fold], index: int) -> list[Fold]:
+    """``amf train --fold-index I``: the I-th fold (from 0) in run order, as a list of one; an index past the last
+    is an InputError listing them. A SLURM array task passes its ``$SLURM_ARRAY_TASK_ID``."""
+    if index >= len(folds):
+        listed = ", ".join(f"{i} {f.name}" for i, f in enumerate(folds))
+        raise InputError(f"--fold-index {index}: this run has {len(folds)} fold(s): {listed}")
+    return [folds[index]]

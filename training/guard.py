@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +25,8 @@ from runtime.errors import InputError
 from training import overlap
 from training.data import PatchSet
 from training.folds import Fold
-from training.run_files import TRAINING_PRINTS, TRAINING_ROWS
+from training.run_files import TRAINING_PRINTS, TRAINING_ROWS, write_atomically
+from training.run_lock import write_once
 
 EXAMPLES = 3  # examples in a refusal or a warning
 ROW_FIELDS = ("dataset", "path", "slide", "x", "y")
@@ -102,7 +102,7 @@ def record_training_rows(folder: Path, data: PatchSet) -> None:
     rows = [dict(zip(ROW_FIELDS, [_dataset(data, i), Path(path).resolve(), _slide(data, i),
                                   *("" if np.isnan(v) else f"{v:g}" for v in positions[i])]))
             for i, path in enumerate(data.paths)]
-    _write_record(folder, rows, overlap.fingerprints(data.images))
+    _write_record(folder, rows, overlap.fingerprints(data.images), write_once)
 
 
 def carry_training_rows(sources: list[Path], out: Path) -> int:
@@ -121,12 +121,13 @@ def carry_training_rows(sources: list[Path], out: Path) -> int:
         for name in (TRAINING_ROWS, TRAINING_PRINTS):
             (out / name).unlink(missing_ok=True)
         return 0
-    _write_record(out, rows, np.stack(prints))
+    _write_record(out, rows, np.stack(prints), write_atomically)
     return len(rows)
 
 
-def _write_record(folder: Path, rows: list[dict], prints: np.ndarray) -> None:
-    """Each file written whole, then renamed: ``--jobs`` children write the same files at once."""
+def _write_record(folder: Path, rows: list[dict], prints: np.ndarray, write) -> None:
+    """Each file written whole, then renamed (``write``): a run's once (run_lock.write_once: ``--jobs`` children and
+    SLURM array tasks write the same files at once, other rows are refused), an export's over an earlier one."""
     text = io.StringIO()
     writer = csv.DictWriter(text, ROW_FIELDS)
     writer.writeheader()
@@ -134,9 +135,7 @@ def _write_record(folder: Path, rows: list[dict], prints: np.ndarray) -> None:
     buffer = io.BytesIO()
     np.save(buffer, prints)
     for name, content in ((TRAINING_ROWS, text.getvalue().encode()), (TRAINING_PRINTS, buffer.getvalue())):
-        partial = folder / f".{name}.{os.getpid()}"
-        partial.write_bytes(content)
-        partial.replace(folder / name)
+        write(folder / name, content)
 
 
 def _recorded(sources: list[Path]) -> list[Path]:

@@ -5,7 +5,8 @@ deconvolution, smoothed, Otsu threshold over tissue (black padding excluded), cl
 components that touch a disc around the patch centre (a dividing figure may be in pieces), else the nearest
 one within reach, else a small disc at the centre; an oversized selection is re-thresholded within itself.
 Results are cached on disk, keyed by the generator's version and the image bytes.
-Masks made elsewhere (e.g. NuClick) are read with :func:`load_masks`: one PNG per patch, nonzero = figure.
+Masks made elsewhere (e.g. NuClick) are read with :func:`load_masks` (``amf train --masks``: :func:`external_masks`):
+one PNG per patch, nonzero = figure.
 
     amf masks --manifest ../shared/data/amibr/manifest.csv --out docs/masks.png
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from skimage.filters import gaussian, threshold_otsu
 from skimage.morphology import disk, opening, remove_small_holes, remove_small_objects
 
 from runtime.errors import InputError
-from training.data import PatchSet, load
+from training.data import DataSource, PatchSet, load
 
 GENERATOR_VERSION = "hed-otsu-centre-v2"
 TOUCH_RADIUS = 10  # px: components reaching this close to the centre belong to the figure
@@ -80,7 +82,7 @@ def generate_masks(images: np.ndarray, cache_dir: str | Path | None = None) -> n
         masks = np.stack(list(pool.map(centre_figure_mask, images)))
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")  # processes that start together write their own
         np.savez_compressed(tmp, bits=np.packbits(masks))
         tmp.replace(cache)
     return masks
@@ -100,6 +102,18 @@ def load_masks(mask_dir: str | Path, image_paths: list[str], image_root: str | P
     if missing:
         raise FileNotFoundError(f"{len(missing)} mask(s) missing under {mask_dir}, e.g. {missing[:3]}")
     return np.stack(masks)
+
+
+def external_masks(folder: Path, data: PatchSet, sources: list[DataSource]) -> np.ndarray:
+    """``amf train --masks DIR``: one PNG per patch under DIR (several datasets: under DIR/<dataset name>/), at the
+    patch's path relative to its dataset's root."""
+    masks = np.zeros(data.images.shape[:3], bool)
+    for source in sources:
+        rows = np.flatnonzero(data.datasets == source.name)
+        if len(rows):
+            masks[rows] = load_masks(folder if len(sources) == 1 else folder / source.name,
+                                     [data.paths[i] for i in rows], source.root or Path(source.manifest).parent)
+    return masks
 
 
 def save_mask_grid(images: np.ndarray, masks: np.ndarray, labels: np.ndarray, out: str | Path,

@@ -8,6 +8,7 @@ valid names, and so do epochs or a batch size below 1 and a learning rate that i
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -16,7 +17,7 @@ from training import choices
 from training.augment import AugmentConfig
 from training.choices import SELECTIONS
 from training.folds import CV_SCHEMES
-from training.network import NetworkConfig
+from training.network import NetworkConfig, has_decoders
 
 LOSSES = ("bce", "focal")
 SCHEDULES = ("constant", "cosine", "plateau")
@@ -181,3 +182,24 @@ PRESETS: dict[str, Recipe] = {
 }
 if tuple(PRESETS) != choices.PRESETS:  # amf offers training/choices.py's names before torch loads
     raise ImportError(f"training/choices.py's PRESETS {choices.PRESETS} differ from the recipes {tuple(PRESETS)}")
+
+
+def build_recipe(args: argparse.Namespace) -> Recipe:
+    """The recipe of ``amf train``'s arguments: the preset, then the options, then ``--set``; a ValueError names
+    the bad field or value (and the valid ones)."""
+    recipe = PRESETS[args.preset]
+    overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "select", "seed")
+                 if getattr(args, k) is not None}
+    recipe = replace(recipe, **overrides)
+    net = recipe.network
+    if args.backbone:
+        net = replace(net, backbone=args.backbone)
+    if args.pretrained:
+        net = replace(net, pretrained=True if args.pretrained == "hub" else args.pretrained)
+    recipe = replace(recipe, network=net).with_overrides(args.set or [])
+    recipe = recipe.single_task() if args.single_task else recipe
+    if recipe.mixup_alpha and has_decoders(recipe.network):
+        raise ValueError("MixUp mixes images but not their masks: use it with decoders off (--single-task)")
+    if recipe.network.kind == "foundation" and not recipe.network.pretrained:
+        print("warning: a foundation model without --pretrained PATH starts from random weights")
+    return recipe

@@ -1,7 +1,12 @@
-"""The files of a run folder and of its fold folders, named once, and where the finished folds are (torch-free:
-``amf curves`` reads them fast, and ``amf`` checks its sources with them before torch loads)."""
+"""The files of a run folder and of its fold folders, named once, where the finished folds are, and how a file is
+written whole (torch-free: ``amf curves`` reads them fast, and ``amf`` checks its sources with them before torch
+loads)."""
 
+import os
 import re
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from runtime.errors import InputError
@@ -32,6 +37,22 @@ def find_fold_checkpoints(run: str | Path, expected: str = RUN_SOURCE) -> list[P
     return folds
 
 
+def write_atomically(path: Path, content: bytes) -> None:
+    """Write ``path`` whole under a temporary name beside it, then rename it into place."""
+    with atomic_path(path) as partial:
+        partial.write_bytes(content)
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` for a writer to fill; renamed to ``path`` when the block ends without an
+    error, removed otherwise."""
+    partial = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.partial")
+    try:
+        yield partial
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
 def safe_name(fold_name: str) -> str:
     """A fold's name as a file name: ``val-amibr:tupac16`` -> ``val-amibr_tupac16`` (the name users see keeps the
     colon)."""

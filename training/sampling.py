@@ -1,11 +1,15 @@
-"""How training batches are drawn: shuffled, class-balanced, or domain-aware with hard-example mining (seed 003)."""
+"""How training batches are drawn: shuffled, class-balanced, or domain-aware with hard-example mining (seed 003),
+which :class:`SamplerFeedback` feeds with the training step's per-sample losses."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+import lightning as L
 import numpy as np
 import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
 from training.data import PatchSet
@@ -65,16 +69,34 @@ class DomainAwareSampler(torch.utils.data.Sampler[int]):
         return self.num_samples
 
 
+class SamplerFeedback(Callback):
+    """Feeds the domain-aware sampler each training batch's per-sample losses: the unweighted BCE of the image logit
+    against the step's target (as the training step returns them: ``logit``, ``target``). Several processes (DDP):
+    every rank's losses, in rank order, go to every rank's sampler, so that all ranks draw the same epoch list, which
+    Lightning's distributed wrapper then splits between them."""
+
+    def __init__(self, sampler: DomainAwareSampler) -> None:
+        self.sampler = sampler
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: dict, batch: tuple,
+                           batch_idx: int) -> None:
+        per_sample = F.binary_cross_entropy_with_logits(outputs["logit"].float(), outputs["target"].float(),
+                                                        reduction="none")
+        rows = batch[-1]  # the patches' row indices (train.tensors puts them last)
+        self.sampler.update(module.all_gather(rows).reshape(-1), module.all_gather(per_sample).reshape(-1))
+
+
 def make_loader(train: PatchSet, data: TensorDataset, recipe: Recipe, weights: tuple[float, float],
-                gen: torch.Generator) -> tuple[DataLoader, DomainAwareSampler | None]:
+                gen: torch.Generator) -> tuple[DataLoader, list[Callback]]:
     """The training loader of ``recipe.sampling``; ``weights`` are the (normal, atypical) class weights used by
-    balanced sampling. Returns the domain-aware sampler too, which the training step feeds with losses."""
+    balanced sampling. Returns the callbacks its sampler needs too: the domain-aware sampler's feedback."""
     n = recipe.batch_size
     if recipe.sampling == "shuffle":
-        return DataLoader(data, n, shuffle=True, drop_last=True, generator=gen), None
+        return DataLoader(data, n, shuffle=True, drop_last=True, generator=gen), []
     if recipe.sampling == "balanced":
         sample_w = np.where(train.labels == 1, weights[1], weights[0])
         sampler = WeightedRandomSampler(sample_w.tolist(), len(train), generator=gen)
-        return DataLoader(data, n, drop_last=True, sampler=sampler), None
+        return DataLoader(data, n, drop_last=True, sampler=sampler), []
     sampler = DomainAwareSampler(train.domains, train.labels, len(train), recipe.hard_example_weight, generator=gen)
-    return DataLoader(data, n, drop_last=True, sampler=sampler), sampler
+    return DataLoader(data, n, drop_last=True, sampler=sampler), [SamplerFeedback(sampler)]
+

@@ -5,9 +5,10 @@
 Folds: leave one domain out (``cv=lodo``; validation = that domain) or slide-grouped stratified k-fold
 (``cv=slide-kfold``). Each fold writes ``<out>/<fold>/``: Lightning checkpoints every epoch
 (``ckpt/last.ckpt``, ``ckpt/best.ckpt``), ``metrics.csv`` (per-epoch losses, BA, AUROC, patches/s), and,
-when the fold finishes, ``model.safetensors`` + ``config.json`` (see checkpoint.py; LoRA merged). With
-``--set weight_averaging=ema`` the averaged weights are validated too (``val_avg/*``) and selection picks
-the better of raw and averaged each epoch (``select/score``, ``select/ema``; ``selected_weights`` in config.json).
+when the fold finishes, ``model.safetensors`` + ``config.json`` (see checkpoint.py; LoRA merged). The loss is the
+sum of the recipe's terms (terms.py). With ``--set weight_averaging=ema`` the averaged weights are validated too
+(``val_avg/*``) and selection picks the better of raw and averaged each epoch (averaging.py: ``select/score``,
+``select/ema``; ``selected_weights`` in config.json).
 The run folder's ``curves.png`` (curves.py, ``amf curves``) is redrawn as each fold finishes.
 Before any training the overlap guard (guard.py) refuses a figure held out, by ``--split`` or by a fold, that comes
 back into training from its own dataset or another (``--drop-overlap``, ``--allow-overlap``), and the pre-flight
@@ -16,8 +17,8 @@ trains on (``training-rows.csv``, ``training-fingerprints.npy``) for ``amf evalu
 its name made safe for file systems (run_files.py: ``val-amibr:tupac16`` -> ``val-amibr_tupac16``).
 ``--resume`` skips finished folds and continues an interrupted one from ``ckpt/last.ckpt``. ``--init RUN``
 starts each fold from the same fold's weights in an earlier run (continued training or fine-tuning).
-CPU runs use channels_last and bf16 autocast where the CPU has native bf16 (else fp32: :func:`default_precision`);
-GPUs use AMP; several GPUs use Lightning's DDP.
+CPU runs use channels_last and bf16 autocast where the CPU has native bf16, else fp32 (device.py); GPUs use AMP;
+several GPUs use Lightning's DDP.
 """
 
 from __future__ import annotations
@@ -27,41 +28,34 @@ import csv
 import json
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from training import curves
 from training.augment import augment, mixup
+from training.averaging import RawOrAverage, averaged_copy
 from training.checkpoint import init_weights, load_weights_only, save_checkpoint
 from training.choices import ACCELERATORS
-from training.data import DataSource, PatchSet, load_every_row
-from training.folds import Fold, make_folds, select_folds
+from training.cluster import RankReport, StopOnSignal, environment_plugins
+from training.data import PatchSet, load_every_row
+from training.device import default_precision, on_gpu
+from training.folds import Fold, fold_at, make_folds, select_folds
 from training.guard import guard, record_training_rows
-from training.heads import DomainHead, ProjectionHead, dann_schedule
-from training.losses import (
-    AdaptiveFocalLoss,
-    SupConLoss,
-    binary_dice_loss,
-    inverse_frequency_weights,
-    multiclass_dice_loss,
-    soft_targets,
-    weighted_bce,
-)
-from training.masks import GENERATOR_VERSION, generate_masks, load_masks
+from training.losses import inverse_frequency_weights, soft_targets
+from training.masks import GENERATOR_VERSION, external_masks, generate_masks
 from training.network import build_network, has_decoders, to_input
 from training.preflight import check_run, fold_rows
 from training.progress import progress_callbacks
-from training.recipe import PRESETS, Recipe
+from training.recipe import Recipe
+from training.resume import ExactResume
 from training.run_files import (
     CHECKPOINT_FOLDER,
     CURVES_FILE,
@@ -72,39 +66,21 @@ from training.run_files import (
     fold_folder,
     fold_weights,
 )
-from training.sampling import DomainAwareSampler, make_loader
+from training.run_lock import claim_folds, write_once
+from training.sampling import make_loader
 from training.side_by_side import train_side_by_side
-
-
-def ema_update(decay: float, warmup: bool):
-    """AveragedModel's update, ``ema = d * ema + (1 - d) * current`` (torch's EMA). With ``warmup`` the decay grows
-    with the updates so far, ``d = min(decay, (1 + n) / (10 + n))`` (the ``num_updates`` rule of TensorFlow's
-    ExponentialMovingAverage): the average forgets the random start within the first epochs instead of carrying
-    it for ~1/(1 - decay) steps."""
-    if not warmup:
-        return get_ema_multi_avg_fn(decay)
-
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
-        get_ema_multi_avg_fn(min(decay, (1 + int(n)) / (10 + int(n))))(averaged, current, n)
-
-    return update
+from training.terms import STATE_NAMES, Targets, loss_terms, weighted_losses
+from training.validation_epoch import ValidationEpoch
 
 
 class MitosisTask(L.LightningModule):
-    """Wraps a network from :func:`build_network` with the recipe's losses, augmentation and metrics.
+    """A network from :func:`build_network` with the recipe's loss terms (terms.py), augmentation and validation.
 
-    Loss = classification (class-weighted BCE or adaptive focal, on hard or vote-softened targets, MixUp
-    optional) + Dice + Dice (decoders) + supervised contrastive (projection of the embedding) + domain
-    adversarial (gradient reversal). The projection and domain heads live here, not in the network, so
-    checkpoints and exports hold the network alone. With ``weight_averaging=ema`` an averaged copy of the
-    network (``averaged.module``) is updated after every optimizer step and validated beside the raw one.
-
-    Several processes (DDP): the validation probabilities, labels and row indices of every rank are gathered, and
-    BA and AUROC count each patch once (DistributedSampler pads the validation set to a multiple of the process
-    count by repeating up to W - 1 patches); the logged losses are Lightning's batch-size-weighted means over all
-    ranks, padding included (off by at most W - 1 of N patches). Domain-aware sampling feeds every rank's
-    per-sample losses to every rank's sampler, so that all ranks draw the same epoch list, which Lightning's
-    distributed wrapper then splits between them.
+    Build: the network, its task terms (validated too) and the training-only terms on its embedding, and with
+    ``weight_averaging=ema`` an averaged copy (``averaged``) that the callback the task brings (averaging.py)
+    updates, validates and selects from. Step: augment, MixUp, forward, the weighted sum of the terms. Validate:
+    each validated network's losses per batch, its BA and AUROC per epoch (validation_epoch.py: each patch once over the
+    processes of DDP). The training-only heads live here, not in the network, so that exports hold the network alone.
     """
 
     def __init__(self, recipe: dict, class_weights: tuple[float, float], steps_per_epoch: int,
@@ -112,27 +88,15 @@ class MitosisTask(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.recipe = Recipe.from_dict(recipe)
-        r = self.recipe
-        self.class_weights = tuple(class_weights) if r.class_weighted else (1.0, 1.0)
         self.steps_per_epoch = steps_per_epoch
-        self.net = build_network(r.network, train=True).to(memory_format=torch.channels_last)
-        self.decoders = has_decoders(r.network)
-        self.focal = AdaptiveFocalLoss(self.class_weights, r.focal_gamma) if r.loss == "focal" else None
-        dim = self.net.embed_dim
-        self.projection = ProjectionHead(dim) if r.supcon_weight else None
-        self.supcon = SupConLoss(r.supcon_temperature) if r.supcon_weight else None
-        self.domain_head = DomainHead(dim, n_domains) if r.domain_adversarial else None
-        self.sampler: DomainAwareSampler | None = None  # set by train_fold for domain-aware sampling
-        # EMA of the parameters AND the buffers (BatchNorm running statistics), in fp32 like the net's
-        # parameters (autocast leaves them fp32); frozen so the optimizer skips it; a submodule, so it is in the
-        # Lightning checkpoints and --resume continues it. torch._foreach_lerp_ updates all tensors at once.
-        self.averaged = AveragedModel(self.net, multi_avg_fn=ema_update(r.ema_decay, r.ema_warmup),
-                                      use_buffers=True).requires_grad_(False) if r.weight_averaging == "ema" else None
-        self.selected_weights = "raw"  # which weights won the latest validation: raw | ema
-        self._val_probs: dict[str, list[torch.Tensor]] = {}  # per metric prefix: val (raw), val_avg (averaged)
-        self._val_losses: dict[str, list[torch.Tensor]] = {}  # batch loss x batch size
-        self._val_labels: list[torch.Tensor] = []
-        self._val_index: list[torch.Tensor] = []  # row indices: the padding repeats of DistributedSampler
+        self.net = build_network(self.recipe.network, train=True).to(memory_format=torch.channels_last)
+        self.decoders = has_decoders(self.recipe.network)
+        self.task_terms, self.embedding_terms = loss_terms(self.recipe, class_weights, self.net.embed_dim, n_domains)
+        for t in self.task_terms + self.embedding_terms:
+            if isinstance(t.term, nn.Module):  # trained by the optimizer, kept in checkpoints
+                self.add_module(STATE_NAMES[t.name], t.term)
+        self.averaged = averaged_copy(self.net, self.recipe)
+        self.validation = ValidationEpoch()
 
     @staticmethod
     def to_input(images: torch.Tensor) -> torch.Tensor:
@@ -142,93 +106,46 @@ class MitosisTask(L.LightningModule):
     def targets(self, labels: torch.Tensor, votes: torch.Tensor) -> torch.Tensor:
         return soft_targets(labels, votes, self.recipe.soft_labels) if self.recipe.soft_labels else labels
 
-    def classification_loss(self, logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.focal is not None:
-            return self.focal(logit, target)
-        return weighted_bce(logit, target, self.class_weights)
+    def progress(self) -> float:
+        return self.global_step / max(1, self.recipe.epochs * self.steps_per_epoch)
 
-    def losses(self, out: dict, target: torch.Tensor, pix: torch.Tensor) -> dict[str, torch.Tensor]:
-        w_cls, w_seg, w_pix = self.recipe.loss_weights
-        parts = {"cls": self.classification_loss(out["logit"], target)}
-        total = w_cls * parts["cls"]
-        if self.decoders:
-            parts["dice_seg"] = binary_dice_loss(out["seg"], pix > 0)
-            parts["dice_pix"] = multiclass_dice_loss(out["pix"], pix)
-            total = total + w_seg * parts["dice_seg"] + w_pix * parts["dice_pix"]
-        parts["loss"] = total
-        return parts
-
-    def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
-        images, pix, labels, votes, domains, index = batch
+    def training_step(self, batch: tuple, batch_idx: int) -> dict[str, torch.Tensor]:
+        images, pix, labels, votes, domains, _ = batch
         r = self.recipe
         x, pix = augment(self.to_input(images), pix if self.decoders else None, r.augment)
         target = self.targets(labels, votes)
         if r.mixup_alpha:
             x, target = mixup(x, target, r.mixup_alpha)
         out = self.net(x.contiguous(memory_format=torch.channels_last))
-        parts = self.losses(out, target, pix)
-        if self.supcon is not None:
-            parts["supcon"] = self.supcon(self.projection(out["embedding"].float()), labels.long())
-            parts["loss"] = parts["loss"] + r.supcon_weight * parts["supcon"]
-        if self.domain_head is not None:
-            progress = self.global_step / max(1, r.epochs * self.steps_per_epoch)
-            domain_logits = self.domain_head(out["embedding"].float(), dann_schedule(progress))
-            parts["domain"] = F.cross_entropy(domain_logits, domains)
-            parts["loss"] = parts["loss"] + r.domain_adversarial * parts["domain"]
-        if self.sampler is not None:
-            logit = out["logit"].float().detach()
-            per_sample = F.binary_cross_entropy_with_logits(logit, target.float(), reduction="none")
-            # all ranks' losses (in rank order), so every rank's sampler keeps the same state
-            self.sampler.update(self.all_gather(index).reshape(-1), self.all_gather(per_sample).reshape(-1))
-        self.log_dict({f"train/{k}": v for k, v in parts.items()}, on_step=False, on_epoch=True,
+        targets = Targets(target, pix, labels, domains, self.progress())
+        losses = weighted_losses(self.task_terms + self.embedding_terms, out, targets)
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, on_step=False, on_epoch=True,
                       batch_size=len(labels), sync_dist=True)
-        return parts["loss"]
-
-    def on_train_batch_end(self, outputs, batch: tuple, batch_idx: int) -> None:
-        if self.averaged is not None:
-            self.averaged.update_parameters(self.net)
+        # the logit and target, for the domain-aware sampler's feedback (sampling.SamplerFeedback)
+        return {"loss": losses["loss"], "logit": out["logit"].detach(), "target": target}
 
     def validation_step(self, batch: tuple, batch_idx: int) -> None:
-        images, pix, labels, votes, _, index = batch
-        x, target = self.to_input(images), self.targets(labels, votes)
-        nets = {"val": self.net, **({"val_avg": self.averaged.module} if self.averaged is not None else {})}
-        for prefix, net in nets.items():
-            out = net(x)
-            parts = self.losses(out, target, pix)
-            self.log_dict({f"{prefix}/{k}": v for k, v in parts.items()}, on_epoch=True, batch_size=len(labels),
-                          sync_dist=True)
-            self._val_probs.setdefault(prefix, []).append(torch.sigmoid(out["logit"].float()).detach())
-            if self.averaged is not None:
-                self._val_losses.setdefault(prefix, []).append(parts["loss"].detach().float() * len(labels))
-        self._val_labels.append(labels.detach())
-        self._val_index.append(index.detach())
+        self.validate(self.net, "val", batch)
+
+    def validate(self, net: nn.Module, prefix: str, batch: tuple) -> None:
+        """Logs ``net``'s task losses under ``prefix`` (val, val_avg) and keeps its probabilities for the epoch."""
+        images, pix, labels, votes, domains, index = batch
+        out = net(self.to_input(images))
+        targets = Targets(self.targets(labels, votes), pix, labels, domains, self.progress())
+        losses = weighted_losses(self.task_terms, out, targets)
+        self.log_dict({f"{prefix}/{k}": v for k, v in losses.items()}, on_epoch=True, batch_size=len(labels),
+                      sync_dist=True)
+        self.validation.add(prefix, torch.sigmoid(out["logit"].float()), losses["loss"], labels, index)
+
+    def on_validation_epoch_start(self) -> None:
+        self.validation = ValidationEpoch()
 
     def on_validation_epoch_end(self) -> None:
-        index = self.all_gather(torch.cat(self._val_index)).reshape(-1).cpu().numpy()
-        once = np.unique(index, return_index=True)[1]  # each patch once: DistributedSampler pads with repeats
-        labels = self.all_gather(torch.cat(self._val_labels)).reshape(-1).cpu().numpy()[once] >= 0.5
-        bas = {}
-        for prefix, batches in self._val_probs.items():
-            probs = self.all_gather(torch.cat(batches)).reshape(-1).cpu().numpy()[once]
-            bas[prefix] = float(balanced_accuracy_score(labels, probs >= 0.5))
-            auroc = roc_auc_score(labels, probs) if 0 < labels.sum() < len(labels) else float("nan")
-            self.log_dict({f"{prefix}/ba": bas[prefix], f"{prefix}/auroc": float(auroc)}, sync_dist=False)
-        if self.averaged is not None:  # the better of raw and averaged (raw on a tie)
-            # the epoch's mean loss as Lightning logs it (weighted by batch size), over all processes
-            scores = bas if self.recipe.select == "val_ba" else {
-                prefix: self.all_gather(torch.stack(v).sum()).sum().item() / len(index)
-                for prefix, v in self._val_losses.items()}
-            _, mode = self.recipe.selection()
-            winner = (max if mode == "max" else min)(scores, key=scores.get)
-            self.selected_weights = "ema" if winner == "val_avg" else "raw"
-            self.log_dict({"select/score": scores[winner], "select/ema": float(winner == "val_avg")}, sync_dist=False)
-        self._val_probs.clear()
-        self._val_losses.clear()
-        self._val_labels.clear()
-        self._val_index.clear()
+        for prefix, scores in self.validation.scores(self).items():
+            self.log_dict({f"{prefix}/ba": scores["ba"], f"{prefix}/auroc": scores["auroc"]}, sync_dist=False)
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["selected_weights"] = self.selected_weights  # read back by train_fold from best.ckpt
+    def configure_callbacks(self) -> list[Callback]:
+        return [RawOrAverage(self.recipe)] if self.averaged is not None else []
 
     def configure_optimizers(self):
         r = self.recipe
@@ -259,6 +176,9 @@ class Throughput(Callback):
 
     def __init__(self) -> None:
         self._start, self._seen = 0.0, 0
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._start, self._seen = time.perf_counter(), 0  # a resume inside an epoch has no epoch start
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._start, self._seen = time.perf_counter(), 0
@@ -293,24 +213,14 @@ class RunOptions:
 
     accelerator: str = "auto"  # Lightning's: auto | cpu | gpu
     devices: str | int = "auto"
-    precision: str | None = None  # default: default_precision()
+    num_nodes: int = 1  # srun's nodes of one DDP job (cluster.py)
+    precision: str | None = None  # default: device.default_precision()
     resume: bool = False
     init: Path | None = None
     max_steps: int = -1
     limit_val_batches: float | int = 1.0
     mask_source: str = GENERATOR_VERSION
     allow_overlap: bool = False  # --allow-overlap: recorded in config.json
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN has bf16 kernels for this CPU (AVX-512 BF16 or AMX)."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def default_precision(on_gpu: bool) -> str:
-    """bf16 autocast on GPUs and on CPUs with native bf16, else fp32: on an AVX2 CPU, bf16 convolutions fall back
-    to PyTorch's reference kernels (slow_conv2d), many times slower than fp32."""
-    return "bf16-mixed" if on_gpu or cpu_has_native_bf16() else "32-true"
 
 
 def checkpoints(folder: Path, monitor: str, mode: str) -> tuple[ModelCheckpoint, ModelCheckpoint]:
@@ -326,112 +236,120 @@ def train_fold(fold: Fold, data: PatchSet, masks: np.ndarray | None, recipe: Rec
                options: RunOptions = RunOptions(), exclude: np.ndarray | None = None) -> Path:
     """Train one fold; returns its folder (with model.safetensors + config.json). ``exclude``: rows kept out of
     its training part (``--drop-overlap``: they show figures of its held-out part)."""
-    resume, accelerator, devices, precision, init = (options.resume, options.accelerator, options.devices,
-                                                     options.precision, options.init)
-    max_steps, limit_val_batches, mask_source = options.max_steps, options.limit_val_batches, options.mask_source
     folder = fold_folder(out, fold.name)
-    train_idx, val_idx = fold_rows(fold, data, exclude)
-    train, val = data.subset(train_idx), data.subset(val_idx)
-    weights = inverse_frequency_weights(train.labels)
-    domain_names = sorted(set(train.domains))  # the domain head's classes (validation ids are never used)
-    domain_id = lambda ps: np.searchsorted(domain_names, ps.domains).clip(0, len(domain_names) - 1)  # noqa: E731
+    train_rows, val_rows = fold_rows(fold, data, exclude)
+    train, val = data.subset(train_rows), data.subset(val_rows)
+    class_weights = inverse_frequency_weights(train.labels)
+    domains = sorted(set(train.domains))  # the domain head's classes (validation ids are never used)
+    train_set, val_set = (tensors(ps, None if masks is None else masks[rows], domain_ids(ps, domains))
+                          for ps, rows in ((train, train_rows), (val, val_rows)))
     L.seed_everything(recipe.seed, workers=True, verbose=False)
-    gen = torch.Generator().manual_seed(recipe.seed)
-    pick = (lambda idx: masks[idx]) if masks is not None else (lambda idx: None)  # noqa: E731
-    loader, sampler = make_loader(train, tensors(train, pick(train_idx), domain_id(train)), recipe, weights, gen)
-    val_loader = DataLoader(tensors(val, pick(val_idx), domain_id(val)), 64)
-    module = MitosisTask(recipe.to_dict(), weights, len(loader), len(domain_names))
-    module.sampler = sampler
+    loader, sampler_callbacks = make_loader(train, train_set, recipe, class_weights,
+                                            torch.Generator().manual_seed(recipe.seed))
+    exact = ExactResume(loader)  # --resume continues as if never stopped, also inside an epoch
+    loader = exact.loader
+    module = MitosisTask(recipe.to_dict(), class_weights, len(loader), len(domains))
     last = folder / CHECKPOINT_FOLDER / LAST_CHECKPOINT
-    init_file = fold_weights(init, fold.name) if init is not None else None
-    if init_file is not None and not (resume and last.is_file()):
+    resuming = options.resume and last.is_file()  # decided once: then the fold continues from last.ckpt
+    init_file = fold_weights(options.init, fold.name) if options.init is not None else None
+    if init_file is not None and not resuming:
         fresh = init_weights(module.net, init_file)
         print(f"[{fold.name}] starting from {init_file}" + (f"; {len(fresh)} tensors fresh" if fresh else ""))
-    monitor, mode = recipe.selection()
-    best, latest = checkpoints(folder / CHECKPOINT_FOLDER, monitor, mode)
-    callbacks = [best, latest, Throughput(), *progress_callbacks(fold.name)]  # a log gets plain lines, no bar
-    if recipe.early_stopping:
-        # strict=False: --max-steps may end a fold before any validation
-        callbacks.append(EarlyStopping(monitor, patience=recipe.early_stopping, mode=mode, strict=False))
-    on_gpu = accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
-    trainer = L.Trainer(
-        max_epochs=recipe.epochs, max_steps=max_steps, accelerator=accelerator, devices=devices,
-        precision=precision or default_precision(on_gpu), deterministic="warn" if on_gpu else True,
-        logger=CSVLogger(folder, name="", version=""), callbacks=callbacks,
-        num_sanity_val_steps=0, limit_val_batches=limit_val_batches, log_every_n_steps=10,
-        enable_progress_bar=True, enable_model_summary=False,
-    )
-    resuming = resume and last.is_file()
-    if resuming and trainer.global_rank == 0:  # Lightning's CSV logger starts metrics.csv afresh
-        _append_metrics(folder / METRICS_FILE, folder / EARLIER_METRICS)
-    trainer.fit(module, loader, val_loader, ckpt_path=last if resuming else None, weights_only=True)
-    if trainer.global_rank != 0:
+    trainer, best = fold_trainer(folder, fold.name, recipe, options, [
+        *sampler_callbacks, exact, StopOnSignal(fold.name, last), RankReport(fold.name)])  # SLURM's USR1, TERM
+    fit(trainer, module, (loader, DataLoader(val_set, 64)), folder, last if resuming else None)
+    if trainer.global_rank != 0:  # rank 0 writes the fold's files
         return folder
-    if (folder / EARLIER_METRICS).is_file():  # one metrics.csv over every resumed part, in order
-        _append_metrics(folder / METRICS_FILE, folder / EARLIER_METRICS)
-        (folder / EARLIER_METRICS).rename(folder / METRICS_FILE)
-    state = load_weights_only(best.best_model_path or last)
-    module.load_state_dict(state["state_dict"])
-    chosen = state.get("selected_weights", "raw")  # the weights that won at the selected epoch
-    net = module.averaged.module if chosen == "ema" else module.net
-    net = net.merged() if hasattr(net, "merged") else net
-    selected = {k: float(v) for k, v in trainer.callback_metrics.items()} if not best.best_model_path else None
-    meta = {
-        "fold": fold.to_dict(), "recipe": recipe.to_dict(), "class_weights": weights, "threshold": 0.5,
-        "selected_epoch": int(state["epoch"]), "selected_on": monitor, "selected_weights": chosen,
-        "masks": mask_source if has_decoders(recipe.network) else None,
+    config = save_selected(folder, module, best, last, {
+        "fold": fold.to_dict(), "recipe": recipe.to_dict(), "class_weights": class_weights, "threshold": 0.5,
+        "masks": options.mask_source if has_decoders(recipe.network) else None,
         "init": str(init_file) if init_file is not None else None,
-        "selected_score": float(best.best_model_score) if best.best_model_score is not None else selected,
         "data": {"train": int(len(train)), "val": int(len(val)),
                  "train_atypical": int(train.labels.sum()), "val_atypical": int(val.labels.sum())},
         **({"allow_overlap": True} if options.allow_overlap else {}),
-        **({"overlap_dropped": int(len(exclude))} if exclude is not None else {}),
-    }
-    save_checkpoint(folder, net.float(), meta)
-    print(f"[{fold.name}] selected epoch {meta['selected_epoch']}, {chosen} weights "
-          f"({monitor} = {meta['selected_score']})")
-    curves.plot(curves.read_run(out), out / CURVES_FILE, str(out))  # the run's picture, redrawn per fold
+        **({"overlap_dropped": int(len(exclude))} if exclude is not None else {})})
+    print(f"[{fold.name}] selected epoch {config['selected_epoch']}, {config['selected_weights']} weights "
+          f"({config['selected_on']} = {config['selected_score']})")
+    try:  # the run's picture, redrawn per fold; folds training beside it may be writing their metrics.csv
+        curves.plot(curves.read_run(out), out / CURVES_FILE, str(out))
+    except (ValueError, KeyError) as exc:
+        print(f"[{fold.name}] {CURVES_FILE} not redrawn ({exc}); amf curves {out} draws it")
     return folder
+
+
+def domain_ids(ps: PatchSet, domains: list[str]) -> np.ndarray:
+    """Each patch's index in ``domains`` (sorted; a domain not among them gets a neighbour's, never used)."""
+    return np.searchsorted(domains, ps.domains).clip(0, len(domains) - 1)
+
+
+def fold_trainer(folder: Path, name: str, recipe: Recipe, options: RunOptions,
+                 callbacks: list[Callback]) -> tuple[L.Trainer, ModelCheckpoint]:
+    """Lightning's trainer for the fold in ``folder``, and its callback that keeps the selected epoch."""
+    monitor, mode = recipe.selection()
+    best, latest = checkpoints(folder / CHECKPOINT_FOLDER, monitor, mode)
+    callbacks = [best, latest, Throughput(), *progress_callbacks(name), *callbacks]  # a log gets plain lines, no bar
+    if recipe.early_stopping:
+        # strict=False: --max-steps may end a fold before any validation
+        callbacks.append(EarlyStopping(monitor, patience=recipe.early_stopping, mode=mode, strict=False))
+    gpu = on_gpu(options.accelerator)
+    trainer = L.Trainer(
+        max_epochs=recipe.epochs, max_steps=options.max_steps, accelerator=options.accelerator,
+        devices=options.devices, num_nodes=options.num_nodes, plugins=environment_plugins(), default_root_dir=folder,
+        precision=options.precision or default_precision(gpu),
+        deterministic="warn" if gpu else True, logger=CSVLogger(folder, name="", version=""), callbacks=callbacks,
+        num_sanity_val_steps=0, limit_val_batches=options.limit_val_batches, log_every_n_steps=10,
+        enable_progress_bar=True, enable_model_summary=False,
+    )
+    return trainer, best
+
+
+def fit(trainer: L.Trainer, module: MitosisTask, loaders: tuple[DataLoader, DataLoader], folder: Path,
+        checkpoint: Path | None) -> None:
+    """Lightning's fit on the (training, validation) ``loaders``, continued from ``checkpoint`` where given. The
+    fold's ``metrics.csv`` keeps the epochs of earlier sessions: Lightning's CSV logger starts it afresh, so they wait
+    in ``EARLIER_METRICS`` meanwhile."""
+    if checkpoint is not None and trainer.global_rank == 0:
+        print(f"[{folder.name}] resuming from {checkpoint}", flush=True)
+        _append_metrics(folder / METRICS_FILE, folder / EARLIER_METRICS)
+    trainer.fit(module, *loaders, ckpt_path=checkpoint, weights_only=True)
+    if trainer.global_rank == 0 and (folder / EARLIER_METRICS).is_file():  # one metrics.csv, in order
+        _append_metrics(folder / METRICS_FILE, folder / EARLIER_METRICS)
+        (folder / EARLIER_METRICS).rename(folder / METRICS_FILE)
+
+
+def save_selected(folder: Path, module: MitosisTask, best: ModelCheckpoint, last: Path, about: dict) -> dict:
+    """Writes the fold's model.safetensors, the weights that won at the selected epoch (raw or averaged; LoRA
+    merged), and config.json: ``about`` and the selection, which it returns. The selected epoch is best.ckpt's, or
+    the last one where none was validated (``selected_score`` None; else the selection metric's value there)."""
+    state = load_weights_only(best.best_model_path or last)
+    module.load_state_dict(state["state_dict"])
+    weights = state.get("selected_weights", "raw")
+    net = module.averaged.module if weights == "ema" else module.net
+    net = net.merged() if hasattr(net, "merged") else net
+    score = float(best.best_model_score) if best.best_model_score is not None else None
+    config = {**about, "selected_epoch": int(state["epoch"]), "selected_on": best.monitor,
+              "selected_weights": weights, "selected_score": score}
+    save_checkpoint(folder, net.float(), config)
+    return config
 
 
 def _append_metrics(source: Path, target: Path) -> None:
     """Append the rows of ``source`` (then removed) to ``target``, over the union of their columns."""
     if not source.is_file():
         return
-    parts = [list(csv.DictReader(f.open())) for f in (target, source) if f.is_file()]
-    columns = list(dict.fromkeys(c for rows in parts for row in rows[:1] for c in row))
+    tables = [list(csv.DictReader(f.open())) for f in (target, source) if f.is_file()]
+    columns = list(dict.fromkeys(c for rows in tables for row in rows[:1] for c in row))
     with target.open("w", newline="") as f:
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
-        writer.writerows(row for rows in parts for row in rows)
+        writer.writerows(row for rows in tables for row in rows)
     source.unlink()
-
-
-def build_recipe(args: argparse.Namespace) -> Recipe:
-    """The recipe of ``amf train``'s arguments: the preset, then the options, then ``--set``; a ValueError names
-    the bad field or value (and the valid ones)."""
-    recipe = PRESETS[args.preset]
-    overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "select", "seed")
-                 if getattr(args, k) is not None}
-    recipe = replace(recipe, **overrides)
-    net = recipe.network
-    if args.backbone:
-        net = replace(net, backbone=args.backbone)
-    if args.pretrained:
-        net = replace(net, pretrained=True if args.pretrained == "hub" else args.pretrained)
-    recipe = replace(recipe, network=net).with_overrides(args.set or [])
-    recipe = recipe.single_task() if args.single_task else recipe
-    if recipe.mixup_alpha and has_decoders(recipe.network):
-        raise ValueError("MixUp mixes images but not their masks: use it with decoders off (--single-task)")
-    if recipe.network.kind == "foundation" and not recipe.network.pretrained:
-        print("warning: a foundation model without --pretrained PATH starts from random weights")
-    return recipe
 
 
 
 
 def run(args: argparse.Namespace, recipe: Recipe) -> int:
-    """``amf train`` (cli/main.py parses the arguments and builds ``recipe`` with :func:`build_recipe`); the exit
+    """``amf train`` (cli/main.py parses the arguments and builds ``recipe`` with ``recipe.build_recipe``); the exit
     status: 0, or 1 when a fold trained side by side (``--jobs``) failed."""
     everything, chosen = load_every_row(args.data, args.split)
     data = everything.subset(np.flatnonzero(chosen))
@@ -442,6 +360,8 @@ def run(args: argparse.Namespace, recipe: Recipe) -> int:
                        hold_out_test=args.hold_out_test, seed=recipe.seed)
     if args.folds:
         folds = select_folds(folds, args.folds.split(","))
+    if args.fold_index is not None:  # one fold per SLURM array task
+        folds = fold_at(folds, args.fold_index)
     if args.resume:  # a fold with its final weights is done
         for fold in (f for f in folds if (fold_folder(args.out, f.name) / WEIGHTS_FILE).is_file()):
             print(f"[{fold.name}] finished earlier, skipped")
@@ -454,27 +374,16 @@ def run(args: argparse.Namespace, recipe: Recipe) -> int:
     if has_decoders(recipe.network) and folds:
         masks = external_masks(args.masks, data, args.data) if args.masks else generate_masks(data.images, args.cache)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
+    write_once(args.out / "recipe.json", json.dumps(recipe.to_dict(), indent=2).encode())  # or refused: another run's
     record_training_rows(args.out, data)
     options = RunOptions(
         accelerator=ACCELERATORS[args.device], devices=args.devices, precision=args.precision, resume=args.resume,
-        init=args.init, max_steps=args.max_steps,
+        init=args.init, max_steps=args.max_steps, num_nodes=args.num_nodes,
         limit_val_batches=int(args.limit_val_batches) if args.limit_val_batches > 1 else args.limit_val_batches,
         mask_source=f"external:{args.masks}" if args.masks else GENERATOR_VERSION, allow_overlap=args.allow_overlap)
     if args.jobs > 1 and len(folds) > 1:  # the masks are in the cache now: the children read them from there
         return train_side_by_side(args.argv, args.out, [f.name for f in folds], args.jobs)
-    for fold in folds:
-        train_fold(fold, data, masks, recipe, args.out, options, guarded.exclude.get(fold.name))
+    with claim_folds(args.out, [f.name for f in folds]):  # one writer per fold: a second amf train is refused
+        for fold in folds:
+            train_fold(fold, data, masks, recipe, args.out, options, guarded.exclude.get(fold.name))
     return 0
-
-
-def external_masks(folder: Path, data: PatchSet, sources: list[DataSource]) -> np.ndarray:
-    """``--masks DIR``: one PNG per patch under DIR (several datasets: under DIR/<dataset name>/), at the patch's
-    path relative to its dataset's root."""
-    masks = np.zeros(data.images.shape[:3], bool)
-    for source in sources:
-        rows = np.flatnonzero(data.datasets == source.name)
-        if len(rows):
-            masks[rows] = load_masks(folder if len(sources) == 1 else folder / source.name,
-                                     [data.paths[i] for i in rows], source.root or Path(source.manifest).parent)
-    return masks

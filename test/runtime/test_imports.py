@@ -14,7 +14,7 @@ RUNTIME_FILES = sorted((ROOT / "runtime").glob("*.py")) + [ROOT / "process.py"]
 # the repository's other packages, and the import names of pyproject.toml's `train` extra (the image has none)
 OTHER_PACKAGES = {"training", "cli"}
 TRAINING_ONLY = {"torch", "torchvision", "timm", "lightning", "safetensors", "skimage", "sklearn", "scipy",
-                 "matplotlib", "PIL", "onnx", "onnxscript", "peft", "psutil"}
+                 "matplotlib", "PIL", "onnx", "onnxscript", "peft", "psutil", "filelock"}
 FORBIDDEN = OTHER_PACKAGES | TRAINING_ONLY
 IMPORT_NAMES = {"scikit-image": "skimage", "scikit-learn": "sklearn", "pillow": "PIL"}  # where they differ
 RUNTIME_THIRD_PARTY = {"numpy", "onnxruntime", "SimpleITK"}

@@ -113,6 +113,9 @@ CASES = [
 # Options that would do nothing with the others given, and bad values the parser alone cannot see: each is refused
 # before any work (one line, exit 2; the no-op test below also times it and checks that no image was read).
 NO_OPS = [
+    ("train --manifest M --out OUT --jobs 2 --fold-index 0", EXIT_INPUT, "--jobs: trains several folds side by side",
+     "--fold-index picks one"),
+    ("train --manifest M --out OUT --num-nodes 2", EXIT_INPUT, "--num-nodes 2: nodes join one model"),
     ("train --manifest M --out OUT --preset seed002-efficientnetv2-m --hold-out-test", EXIT_INPUT,
      "--hold-out-test: holds a domain out of leave-one-domain-out folds", "folds are slide-kfold"),
     ("train --manifest M --out OUT --set cv=slide-kfold --hold-out-test", EXIT_INPUT, "--hold-out-test"),

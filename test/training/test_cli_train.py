@@ -6,7 +6,7 @@ import pytest
 from conftest import AMIBR_FIXTURE
 
 from cli import main as cli
-from training import calibrate, data, evaluate, export, masks, train
+from training import calibrate, data, device, evaluate, export, masks, train
 
 
 @pytest.mark.parametrize(("setting", "message"), [
@@ -43,7 +43,7 @@ def test_the_old_module_entry_points_are_gone():
 
 
 def test_training_precision_defaults_to_bf16_only_where_the_hardware_has_it(monkeypatch):
-    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)  # an AVX2 CPU: bf16 convolutions crawl
-    assert train.default_precision(on_gpu=False) == "32-true" and train.default_precision(on_gpu=True) == "bf16-mixed"
-    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)  # AVX-512 BF16 / AMX
-    assert train.default_precision(on_gpu=False) == "bf16-mixed"
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)  # an AVX2 CPU: bf16 convolutions crawl
+    assert device.default_precision(on_gpu=False) == "32-true" and device.default_precision(on_gpu=True) == "bf16-mixed"
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)  # AVX-512 BF16 / AMX
+    assert device.default_precision(on_gpu=False) == "bf16-mixed"

@@ -36,7 +36,7 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, {root!r})
-from training import train
+from training import train, validation_epoch
 from training.augment import AugmentConfig
 from training.data import DataSource, load
 from training.folds import Fold
@@ -64,11 +64,11 @@ def validation_step(self, batch, batch_idx):
     return val_step(self, batch, batch_idx)
 train.MitosisTask.validation_step = validation_step
 
-score = train.balanced_accuracy_score
+score = validation_epoch.balanced_accuracy_score
 def balanced_accuracy_score(labels, predicted):
     record["metric_inputs"].setdefault(current[0], []).append(len(labels))
     return score(labels, predicted)
-train.balanced_accuracy_score = balanced_accuracy_score
+validation_epoch.balanced_accuracy_score = balanced_accuracy_score
 
 draw = DomainAwareSampler.__iter__
 def drawn(self):

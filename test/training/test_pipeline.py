@@ -20,11 +20,12 @@ from golden import cpu_has_vnni
 from cli.main import main as amf
 from training import evaluate, train
 from training.augment import AugmentConfig
-from training.checkpoint import init_weights, load_network, load_weights_only, save_checkpoint
+from training.checkpoint import init_weights, load_network, load_weights_only, save_checkpoint, selected_score
 from training.data import DataSource, load
 from training.masks import generate_masks
 from training.network import MultiTaskNet, NetworkConfig
 from training.recipe import Recipe
+from training.terms import Targets, weighted_losses
 
 SMALL = NetworkConfig(backbone="resnetv2_18", head_hidden=(32, 16), decoder_channels=(32, 16, 8))
 
@@ -34,11 +35,13 @@ def test_a_few_training_steps_lower_the_loss(patches):
     recipe = Recipe(lr=1e-3, network=SMALL, augment=AugmentConfig(d4=False, rotation_deg=0, stain_scale=0,
                                                                  stain_shift=0, brightness=0, contrast=0))
     task = train.MitosisTask(recipe.to_dict(), (1.0, 1.0), steps_per_epoch=1)
-    batch = train.tensors(patches, generate_masks(patches.images), np.zeros(len(patches))).tensors
+    images, pix, labels, _, domains, _ = train.tensors(patches, generate_masks(patches.images),
+                                                       np.zeros(len(patches))).tensors
+    targets = Targets(target=labels, pix=pix, labels=labels, domains=domains, progress=0.0)
     opt = torch.optim.Adam(task.net.parameters(), lr=recipe.lr)
     losses = []
     for _ in range(8):
-        loss = task.losses(task.net(task.to_input(batch[0])), batch[2], batch[1])["loss"]
+        loss = weighted_losses(task.task_terms, task.net(task.to_input(images)), targets)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -83,6 +86,12 @@ def test_init_weights_starts_from_a_single_task_model_and_keeps_fresh_decoders(t
 class _Exploit:
     def __reduce__(self):
         return (print, ("pwned",))
+
+
+def test_the_selected_score_is_a_number_or_none_in_new_and_older_configs():
+    assert selected_score({"selected_score": 0.8}) == 0.8 and selected_score({"selected_score": 1}) == 1.0
+    assert selected_score({}) is None and selected_score({"selected_score": None}) is None
+    assert selected_score({"selected_score": {"train/loss": 0.7, "epoch": 0.0}}) is None  # never validated
 
 
 def test_a_malicious_checkpoint_is_refused(tmp_path):
@@ -156,7 +165,11 @@ def test_resume_skips_finished_folds(pipeline, capsys):
 def test_init_continues_a_fold_from_the_same_fold_of_an_earlier_run(pipeline, tuned):
     # its weights one Adam step at lr 4e-5 away; BatchNorm's running statistics move more
     fold = pipeline["out"] / pipeline["folds"][0]
-    assert json.loads((tuned / fold.name / "config.json").read_text())["init"] == str(fold / "model.safetensors")
+    tuned_config = json.loads((tuned / fold.name / "config.json").read_text())
+    assert tuned_config["init"] == str(fold / "model.safetensors")
+    # one step, no validation: the last epoch is kept and the score is null; a validated fold's is a float
+    assert tuned_config["selected_score"] is None
+    assert isinstance(json.loads((fold / "config.json").read_text())["selected_score"], float)
     start, after = load_network(fold)[0].state_dict(), load_network(tuned / fold.name)[0].state_dict()
     assert max((after[k] - v).abs().max().item() for k, v in start.items()
                if "running_" not in k and v.is_floating_point()) < 1e-3

@@ -7,6 +7,8 @@ import csv
 import json
 from pathlib import Path
 
+import lightning as L
+import numpy as np
 import pytest
 import torch
 from conftest import AMIBR_FIXTURE
@@ -27,13 +29,20 @@ def ema_task(decay: float, warmup: bool = False) -> train.MitosisTask:
     return train.MitosisTask(recipe.to_dict(), (1.0, 1.0), steps_per_epoch=1)
 
 
+def update(task: train.MitosisTask, step: int = 0) -> None:
+    """One update of the average, as after an optimizer step: by the callback the averaging task brings."""
+    (callback,) = task.configure_callbacks()
+    callback.on_train_batch_end(None, task, None, None, step)
+
+
 def test_recipe_names_and_selection_metric():
     assert PRESETS["seed001"].weight_averaging == "none" and PRESETS["seed001"].selection() == ("val/loss", "min")
     with pytest.raises(ValueError, match="unknown weight_averaging 'swa' \\(one of none, ema\\)"):
         Recipe(weight_averaging="swa")
     recipe = Recipe(select="val_ba").with_overrides(["weight_averaging=ema", "ema_decay=0.99"])
     assert recipe.ema_decay == 0.99 and recipe.selection() == ("select/score", "max")
-    assert train.MitosisTask(Recipe(network=SMALL).to_dict(), (1.0, 1.0), 1).averaged is None
+    plain = train.MitosisTask(Recipe(network=SMALL).to_dict(), (1.0, 1.0), 1)
+    assert plain.averaged is None and plain.configure_callbacks() == []
 
 
 def test_averaged_parameters_are_the_closed_form_ema_and_not_optimized():
@@ -43,7 +52,7 @@ def test_averaged_parameters_are_the_closed_form_ema_and_not_optimized():
         with torch.no_grad():
             for p in task.net.parameters():
                 p.fill_(v)
-        task.on_train_batch_end(None, None, 0)
+        update(task)
     # the first update copies; then ema = decay * ema + (1 - decay) * current
     expected = decay ** 3 * values[0] + sum((1 - decay) * decay ** (3 - i) * v for i, v in enumerate(values) if i)
     averaged = list(task.averaged.module.parameters())
@@ -61,7 +70,7 @@ def test_warmup_lowers_the_decay_of_the_first_updates_only():
         with torch.no_grad():
             for p in task.net.parameters():
                 p.fill_(v)
-        task.on_train_batch_end(None, None, n)
+        update(task, n)
         d = min(0.5, (1 + n) / (10 + n))
         expected = v if expected is None else d * expected + (1 - d) * v
     for p in task.averaged.module.parameters():
@@ -71,7 +80,7 @@ def test_warmup_lowers_the_decay_of_the_first_updates_only():
         with torch.no_grad():
             for p in plain.net.parameters():
                 p.fill_(v)
-        plain.on_train_batch_end(None, None, 0)
+        update(plain)
     assert not torch.allclose(next(plain.averaged.module.parameters()), torch.tensor(expected))
 
 
@@ -84,7 +93,7 @@ def test_averaged_batchnorm_statistics_are_the_ema_of_the_raw_ones():
     for step in range(4):
         with torch.no_grad():
             task.net(torch.rand(4, 3, 128, 128) * (step + 1))  # BatchNorm updates its running statistics
-        task.on_train_batch_end(None, None, step)
+        update(task, step)
         raw = running()
         expected = raw if expected is None else {k: decay * expected[k] + (1 - decay) * raw[k] for k in raw}
     averaged = dict(task.averaged.module.named_buffers())
@@ -93,6 +102,19 @@ def test_averaged_batchnorm_statistics_are_the_ema_of_the_raw_ones():
         torch.testing.assert_close(averaged[k], v)
     assert all(not torch.allclose(averaged[k], raw[k]) for k in expected if k.endswith("running_mean"))  # not raw
     assert all(not torch.allclose(averaged[k], initial[k]) for k in expected)  # not frozen at init
+
+
+def test_the_average_is_validated_as_the_raw_network_is(patches):
+    """The same weights give the same validation figures raw and averaged: both run under the validation step's
+    autocast (bf16 here), not the average in fp32 beside it."""
+    task = ema_task(0.5)  # no update yet: the average is a copy of the raw network
+    data = train.tensors(patches, np.zeros((len(patches), 128, 128), bool), np.zeros(len(patches), int))
+    trainer = L.Trainer(accelerator="cpu", devices=1, precision="bf16-mixed", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    metrics = trainer.validate(task, torch.utils.data.DataLoader(data, 8), verbose=False)[0]
+    for name in ("loss", "cls", "dice_seg", "dice_pix", "ba", "auroc"):
+        assert metrics[f"val_avg/{name}"] == metrics[f"val/{name}"], name
+    assert metrics["select/ema"] == 0.0  # raw on a tie
 
 
 def check_selection(fold: Path) -> tuple[dict, list[dict]]:
