@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -56,17 +56,20 @@ def claim_folds(run: Path, folds: list[str]) -> Iterator[None]:
         yield
 
 
-def write_once(path: Path, content: bytes) -> None:
+def write_once(path: Path, content: bytes, replaces: Callable[[bytes], bool] | None = None) -> None:
     """``path`` holds ``content`` afterwards: written whole under a temporary name and renamed, or left as it is when
-    it holds the same bytes; different bytes there are an OutputError (exit 3): another run wrote this folder."""
+    it holds the same bytes; different bytes there are an OutputError (exit 3): another run wrote this folder, unless
+    ``replaces(those bytes)`` says the new content may take their place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with FileLock(path.parent / RUN_LOCK, timeout=RUN_LOCK_WAIT_S):
             if path.is_file():
-                if path.read_bytes() == content:
+                earlier = path.read_bytes()
+                if earlier == content:
                     return
-                raise OutputError(f"--out {path.parent}: holds a run with another {path.name} (other options, seed or "
-                                  "data); train into another --out, or give the same options to add folds to it")
+                if replaces is None or not replaces(earlier):
+                    raise OutputError(f"--out {path.parent}: holds a run with another {path.name} (other options, seed "
+                                      "or data); train into another --out, or give the same options to add folds to it")
             write_atomically(path, content)
     except Timeout:
         raise OutputError(f"--out {path.parent}: {RUN_LOCK} held for over {RUN_LOCK_WAIT_S} s by another "

@@ -348,6 +348,11 @@ def _append_metrics(source: Path, target: Path) -> None:
 
 
 
+def only_epochs_differ(earlier: dict, recipe: dict) -> bool:
+    """Whether two recipes differ in their number of epochs only (``--resume --epochs N`` continues a run longer)."""
+    return {**earlier, "epochs": recipe["epochs"]} == recipe
+
+
 def run(args: argparse.Namespace, recipe: Recipe) -> int:
     """``amf train`` (cli/main.py parses the arguments and builds ``recipe`` with ``recipe.build_recipe``); the exit
     status: 0, or 1 when a fold trained side by side (``--jobs``) failed."""
@@ -374,7 +379,10 @@ def run(args: argparse.Namespace, recipe: Recipe) -> int:
     if has_decoders(recipe.network) and folds:
         masks = external_masks(args.masks, data, args.data) if args.masks else generate_masks(data.images, args.cache)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_once(args.out / "recipe.json", json.dumps(recipe.to_dict(), indent=2).encode())  # or refused: another run's
+    # written once (or refused: another run's); --resume may lengthen the schedule and nothing else
+    content = json.dumps(recipe.to_dict(), indent=2)
+    write_once(args.out / "recipe.json", content.encode(),
+               replaces=lambda earlier: args.resume and only_epochs_differ(json.loads(earlier), json.loads(content)))
     record_training_rows(args.out, data)
     options = RunOptions(
         accelerator=ACCELERATORS[args.device], devices=args.devices, precision=args.precision, resume=args.resume,
