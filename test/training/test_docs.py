@@ -56,7 +56,8 @@ EXCEPTIONS = {  # a command (regular expression, from its start) -> why it does 
         "50-epoch (or 3-epoch) trainings, CPU-hours; its steps are the amf commands run here",
     r"\.venv/bin/python bench/": "a benchmark: it prints figures measured on the real data set, minutes each",
     r"\.venv/bin/python -m pytest": "this test suite",
-    r"sbatch ": "a SLURM job: .ci/slurm submits it to a test cluster",
+    r"(\w+=\$\()?sbatch ": "a SLURM job (or its id, kept for the next one's dependency): .ci/slurm submits it to "
+                          "a test cluster",
 }
 
 
@@ -84,7 +85,8 @@ def exception(words: list[str]) -> str | None:
 
 def commands(line: str, env: dict[str, str]) -> list[list[str]]:
     """The simple commands of a line (split at ``&&`` and ``;``, comments dropped), ``$NAME`` expanded from
-    ``env`` and the line's own assignments, which go into ``env``."""
+    ``env`` and the line's own assignments, which go into ``env``; a name set from a command's output
+    (``jid=$(sbatch ...)``, an exception) stays as written."""
     lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|")
     lexer.whitespace_split = True
     out, words = [], []
@@ -97,7 +99,7 @@ def commands(line: str, env: dict[str, str]) -> list[list[str]]:
             words = []
         else:
             assert word != "|", f"a pipe: run it as separate commands, or add it to EXCEPTIONS: {line}"
-            words.append(re.sub(r"\$\{?(\w+)\}?", lambda m: env[m.group(1)], word))
+            words.append(re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m.group(1), m.group(0)), word))
     return out
 
 
@@ -159,4 +161,6 @@ def test_the_runner_reads_blocks_expands_names_and_knows_its_exceptions(tmp_path
     assert [c for _, line in lines for c in commands(line, env)] == [
         ["amf", "data", "--manifest", "one", "--split", "two"], ["./build.sh", "--cpu"]]
     assert exception(["./build.sh", "--cpu"]) and exception(["IMAGE=x", "test/run_container.sh"])
+    submitted = commands("jid=$(sbatch --parsable a.sbatch); sbatch --dependency=afterok:$jid b.sbatch", env)
+    assert submitted[1][1] == "--dependency=afterok:$jid" and all(exception(c) for c in submitted)
     assert not exception(["amf", "train"])
