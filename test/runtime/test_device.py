@@ -113,6 +113,10 @@ def test_cuda_that_cannot_start_leaves_the_cpu_graphs_to_the_cpu(monkeypatch):
     monkeypatch.setattr("runtime.runners.cuda_session", lambda *args: (None, "no NVIDIA driver"))
     ens = Ensemble(ROOT / "weights")
     assert (ens.provider, ens.layout, ens.device_note) == (device.CPU, "4 graphs in this process", "no NVIDIA driver")
+    # process.py allows forking, but the failed start loaded onnxruntime: the graphs stay in this process
+    forking = Ensemble(ROOT / "weights", fork=True)
+    assert (forking.layout, forking.device_note) == ("4 graphs in this process", "no NVIDIA driver")
+    forking.close()
     assert ens.predict(real_pages(2)).member_probs.shape == (2, 4)
 
 
