@@ -25,6 +25,10 @@ import time
 import traceback
 from pathlib import Path
 
+# numpy's OpenBLAS starts a thread per CPU when it loads, and they spin for a while: on 2 CPUs that cost the cold
+# start as much CPU time as the import itself, taken from the workers beside it. The runtime does no BLAS work.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import numpy as np
 
 from runtime.contract import default_weights

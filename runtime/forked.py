@@ -22,7 +22,7 @@ import numpy as np
 
 from runtime.device import CPU
 from runtime.errors import InputError, ModelError
-from runtime.session import build_session, one_line, run_sessions
+from runtime.session import CPU_IMAGES_PER_RUN, build_session, one_line, run_sessions
 
 _SIZES = struct.Struct("<II")  # header bytes, payload bytes
 
@@ -196,7 +196,7 @@ def _serve(files: list[Path], threads: int, input_name: str, output_name: str, p
     send(write, {"ready": True})
     while (request := receive(read)) is not None:
         try:
-            probs = run_sessions(sessions, request[1], input_name, output_name)
+            probs = run_sessions(sessions, request[1], input_name, output_name, CPU_IMAGES_PER_RUN)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
             send(write, {"error": f"{files[0]}: the member graphs failed on a batch ({one_line(exc)})"})
             continue

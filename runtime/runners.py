@@ -23,7 +23,7 @@ from runtime.contract import EnsembleSpec
 from runtime.device import CPU, cpu_threads, cuda_session, wants_cuda
 from runtime.errors import ModelError
 from runtime.forked import SessionWorker, fork_is_safe
-from runtime.session import build_session, run_sessions
+from runtime.session import CPU_IMAGES_PER_RUN, build_session, run_sessions
 
 
 class InProcess:
@@ -38,7 +38,7 @@ class InProcess:
         self.layout = f"{len(files)} graphs in this process" if len(files) > 1 else "one graph"
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        return run_sessions(self._sessions, batch, *self._names)
+        return run_sessions(self._sessions, batch, *self._names, CPU_IMAGES_PER_RUN)
 
     def close(self) -> None:
         self._sessions = []

@@ -25,7 +25,7 @@ from runtime.contract import INPUT_NAME
 from runtime.contract import PROB_OUTPUT as PROB
 from runtime.device import CPU, cpu_threads
 from runtime.progress import progress_range
-from runtime.session import build_session, run_sessions
+from runtime.session import CPU_IMAGES_PER_RUN, build_session, run_sessions
 from training.choices import QUANTIZE_MODES as MODES
 from training.data import PatchSet
 from training.folds import Fold
@@ -227,7 +227,7 @@ def fold_probabilities(model: onnx.ModelProto | str | Path, images: np.ndarray, 
     in_memory = isinstance(model, onnx.ModelProto)
     session = build_session(model.SerializeToString() if in_memory else model, [CPU], cpu_threads(), INPUT_NAME, PROB,
                             label=label if in_memory else None)
-    return np.concatenate([run_sessions([session], images[i:i + batch], INPUT_NAME, PROB)
+    return np.concatenate([run_sessions([session], images[i:i + batch], INPUT_NAME, PROB, CPU_IMAGES_PER_RUN)
                            for i in progress_range(len(images), batch, label)])
 
 

@@ -149,3 +149,34 @@ def test_pages_per_run_bounds_each_inference_run(tta, pages_per_run, runs, tmp_p
     ensemble.runner.run = lambda batch: sizes.append(len(batch)) or run(batch)
     np.testing.assert_allclose(ensemble.probabilities(pages), Ensemble(weights).probabilities(pages), atol=1e-6)
     assert sizes == runs
+
+
+class CountingSession:
+    """A session that records how many images each of its runs got."""
+
+    def __init__(self, session) -> None:
+        self.session, self.sizes = session, []
+
+    def run(self, outputs, feeds):
+        self.sizes.append(len(next(iter(feeds.values()))))
+        return self.session.run(outputs, feeds)
+
+
+def test_cpu_sessions_run_a_few_images_at_a_time_with_the_answers_of_one_run():
+    """CPU_IMAGES_PER_RUN bounds each session run (CPU runners and workers); the answers are those of one run over
+    the whole batch, to the bit, for a batch that is not a multiple of it too."""
+    from runtime.session import CPU_IMAGES_PER_RUN, build_session, run_sessions
+
+    files = [ROOT / "weights" / f"ensemble.cpu.{i}.onnx" for i in (0, 1)]
+    sessions = [CountingSession(build_session(f, ["CPUExecutionProvider"], 1, "image", "prob", prefused=True))
+                for f in files]
+    pages = real_pages(10)
+    whole = run_sessions(sessions, pages, "image", "prob")
+    assert [s.sizes for s in sessions] == [[10], [10]]
+    for s in sessions:
+        s.sizes.clear()
+    chunked = run_sessions(sessions, pages, "image", "prob", CPU_IMAGES_PER_RUN)
+    runs = [min(CPU_IMAGES_PER_RUN, 10 - i) for i in range(0, 10, CPU_IMAGES_PER_RUN)]
+    assert len(runs) > 1 and [s.sizes for s in sessions] == [runs, runs]
+    assert chunked.shape == (10, 2)
+    np.testing.assert_array_equal(chunked, whole)
