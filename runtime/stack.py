@@ -4,7 +4,8 @@ Input rules (each page becomes one uint8 [128, 128, 3] RGB patch, in page order;
 follow the same channel, depth and size rules: :func:`read_patch`, and :func:`read_image` reads either kind for
 ``amf predict`` and for training alike):
 - formats: ``.tif`` / ``.tiff`` (read as TIFF) and ``.mha`` (read as MetaImage), suffix case ignored,
-  decoded by SimpleITK; a 2-D image is a stack of one page;
+  decoded by SimpleITK, but 8-bit RGB TIFFs (Grand Challenge's stacks) by tifffile, the same pixels and quicker
+  to load, where it can (:func:`_read_rgb8_tiff`); a 2-D image is a stack of one page;
 - channels: RGB as is; RGBA -> alpha dropped; grayscale -> gray replicated to R, G, B (also gray + alpha
   in a .mha; in a TIFF, which ITK cannot decode correctly, it is an input error); palette TIFFs -> RGB
   through their colour map; CMYK/YCbCr TIFFs -> RGB (libtiff); any other channel count is an input error;
@@ -77,8 +78,6 @@ def read_patch(path: str | Path, size: int | None = PATCH_SIZE) -> np.ndarray:
 
 def read_stack(path: str | Path, size: int | None = PATCH_SIZE) -> np.ndarray:
     """The stack's pages as uint8 [N, size, size, 3], in page order (``size`` None: [N, height, width, 3])."""
-    import SimpleITK as sitk
-
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: not a file")
@@ -86,6 +85,10 @@ def read_stack(path: str | Path, size: int | None = PATCH_SIZE) -> np.ndarray:
         raise InputError(f"{path}: empty file")
     is_tiff = path.suffix.lower() != ".mha"
     layout = check_tiff(path) if is_tiff else check_mha_header(path)
+    if layout.rgb8 and (pages := _read_rgb8_tiff(path, size)) is not None:
+        return pages
+    import SimpleITK as sitk
+
     reader = sitk.ImageFileReader()
     reader.SetImageIO("TIFFImageIO" if is_tiff else "MetaImageIO")
     reader.SetFileName(str(path))
@@ -132,6 +135,31 @@ def read_stack(path: str | Path, size: int | None = PATCH_SIZE) -> np.ndarray:
     for start in range(0, n_pages, step):
         _convert(decoded[start:start + step], channels, layout.palette, pages[start:start + step])
     return pages
+
+
+def _read_rgb8_tiff(path: Path, size: int | None) -> np.ndarray | None:
+    """The pages of an 8-bit RGB TIFF (:func:`check_tiff` has walked it) as tifffile decodes them, the same pixels
+    as SimpleITK's: tifffile loads in a third of SimpleITK's time, which counts in the container's cold start
+    (15 vs 50 ms on a 2-core AMD EPYC Zen 4). None where it cannot decode them (a compression it has no codec
+    for, a damaged strip) or they are not what SimpleITK reads as they are (an orientation other than the
+    default, a page marked other than a page of a multi-page file, such as a reduced image, which ITK does not
+    count): SimpleITK then reads the file, and names any problem."""
+    import logging
+
+    import tifffile
+
+    logging.getLogger("tifffile").addHandler(logging.NullHandler())  # its warnings must not reach stderr
+    try:
+        with tifffile.TiffFile(path) as tif:
+            first, n_pages = tif.pages.first, len(tif.pages)
+            if (first.shape[-1:] != (3,) or first.dtype != np.uint8 or n_pages * first.size > MAX_DECODED_BYTES
+                    or first.tags.valueof(ORIENTATION, 1) != 1
+                    or any(page.subfiletype not in (0, 2) for page in tif.pages)):
+                return None
+            pages = tif.asarray(key=range(n_pages)).reshape(n_pages, *first.shape)
+    except Exception:  # noqa: BLE001 - tifffile raises many types; SimpleITK's read reports the problem
+        return None
+    return pages if size is None else np.ascontiguousarray(fit_size(pages, size))
 
 
 def fit_size(pages: np.ndarray, size: int = PATCH_SIZE) -> np.ndarray:
@@ -237,12 +265,14 @@ def _itk_message(exc: BaseException, printed: list[str] = ()) -> str:
 class Layout:
     pages: int | None  # TIFF page directories (None for a MetaImage: ITK checks its data size)
     palette: bool = False  # TIFF photometric interpretation 3: ITK expands the 16-bit colour map
+    rgb8: bool = False  # a TIFF of 8-bit RGB pages, one sample after another (:func:`_read_rgb8_tiff`)
 
 
 _TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4,
                     16: 8, 17: 8, 18: 8}
 _TIFF_INT_FORMATS = {3: "H", 4: "I", 16: "Q"}
 WIDTH, HEIGHT, BITS, PHOTOMETRIC, SAMPLES, PLANAR, COLOUR_MAP, SAMPLE_FORMAT = 256, 257, 258, 262, 277, 284, 320, 339
+ORIENTATION = 274
 DATA_BLOCKS = ((273, 279), (324, 325))  # (StripOffsets, StripByteCounts), (TileOffsets, TileByteCounts)
 # A page's pixel layout and the default of each tag. ITK sizes its buffer from page 1 and decodes every
 # page into it: a later page that differs (even only a gray vs a colour palette) is misread, or overflows.
@@ -326,7 +356,9 @@ def _walk_tiff(data: mmap.mmap, path: Path, max_pages: int) -> Layout:
         offset = struct.unpack_from(end + offset_fmt, data, entries_end)[0]
     if first_layout is None:
         raise bad("no pages")
-    return Layout(pages, palette=first_layout[3] == 3)
+    _, _, bits, photometric, samples, planar, sample_format, _ = first_layout
+    return Layout(pages, palette=photometric == 3,
+                  rgb8=(bits, photometric, samples, planar, sample_format) == (8, 2, 3, 1, 1))
 
 
 # MetaImage header fields that hold NDims (power 1) or NDims x NDims (power 2) numbers

@@ -43,7 +43,7 @@ def test_tiny_model_on_a_uniform_page_is_the_offset_alone(tmp_path):
                                      {"tile": 48}, {"tile": 64, "bigtiff": True, "byteorder": ">"}],
                          ids=["plain", "big-endian", "BigTIFF", "big-endian BigTIFF", "tiled", "tiled BE BigTIFF"])
 def test_hand_written_tiffs_are_what_tifffile_reads(options, tmp_path):
-    tifffile = pytest.importorskip("tifffile")  # not in the runtime's environment
+    tifffile = pytest.importorskip("tifffile")
     pages = real_pages(3)
     rng = np.random.default_rng(0)
     for name, written in [("rgb", pages), ("rgba", np.concatenate([pages, pages[..., :1]], axis=3)),

@@ -17,7 +17,7 @@ TRAINING_ONLY = {"torch", "torchvision", "timm", "lightning", "safetensors", "sk
                  "matplotlib", "PIL", "onnx", "onnxscript", "peft", "psutil", "filelock"}
 FORBIDDEN = OTHER_PACKAGES | TRAINING_ONLY
 IMPORT_NAMES = {"scikit-image": "skimage", "scikit-learn": "sklearn", "pillow": "PIL"}  # where they differ
-RUNTIME_THIRD_PARTY = {"numpy", "onnxruntime", "SimpleITK"}
+RUNTIME_THIRD_PARTY = {"numpy", "onnxruntime", "SimpleITK", "tifffile"}
 
 
 def imported_modules(path: Path) -> list[str]:
@@ -107,11 +107,12 @@ def pins(name: str) -> dict[str, str]:
 
 def test_requirements_are_the_runtime_and_the_lean_file_pins_the_same_versions():
     gpu, cpu = pins("requirements.txt"), pins("requirements-cpu.txt")
-    assert set(gpu) - {n for n in gpu if n.startswith("nvidia-")} == {"numpy", "simpleitk", "onnxruntime-gpu"}
+    assert set(gpu) - {n for n in gpu if n.startswith("nvidia-")} == {"numpy", "simpleitk", "tifffile",
+                                                                              "onnxruntime-gpu"}
     assert all(n.endswith("-cu12") for n in gpu if n.startswith("nvidia-")), "CUDA 12 libraries only"
-    assert set(cpu) == {"numpy", "simpleitk", "onnxruntime"}
+    assert set(cpu) == {"numpy", "simpleitk", "tifffile", "onnxruntime"}
     assert cpu["onnxruntime"] == gpu["onnxruntime-gpu"] and cpu["numpy"] == gpu["numpy"]
-    assert cpu["simpleitk"] == gpu["simpleitk"]
+    assert cpu["simpleitk"] == gpu["simpleitk"] and cpu["tifffile"] == gpu["tifffile"]
 
 
 def test_onnxruntime_is_imported_in_one_place_with_telemetry_off():

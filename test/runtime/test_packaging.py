@@ -72,7 +72,7 @@ def test_the_image_holds_everything_process_py_imports(tmp_path, gc_input):
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines()
                 if line.startswith("import time:")}
-    assert {"numpy", "onnxruntime", "SimpleITK", "runtime"} <= imported
+    assert {"numpy", "onnxruntime", "tifffile", "runtime"} <= imported
     assert not imported & {"training", "torch", "torchvision", "timm", "lightning", "safetensors", "onnx", "PIL",
                            "scipy", "skimage", "sklearn", "matplotlib", "joblib", "dill", "cloudpickle"}
     assert (tmp_path / "out" / "multiple-mitotic-figure-classification.json").is_file()

@@ -364,3 +364,68 @@ def test_fit_size_and_itk_messages():
     np.testing.assert_array_equal(stack.fit_size(pages, 3), pages[:, 1:4, 0:3])  # centre crop, rounded down
     assert stack._itk_message(RuntimeError("no ITK line here")) == "RuntimeError"
     assert stack._itk_message(RuntimeError("x\nsitk::ERROR: Unable to open it\n")) == "Unable to open it"
+
+
+# --- 8-bit RGB TIFFs: tifffile's fast read ----------------------------------------------------------------
+
+def simpleitk_only(path, size=128):
+    """read_stack as SimpleITK reads the file, the tifffile path switched off."""
+    fast = stack._read_rgb8_tiff
+    stack._read_rgb8_tiff = lambda path, size: None
+    try:
+        return read_stack(path, size)
+    finally:
+        stack._read_rgb8_tiff = fast
+
+
+RGB8_TIFFS = {  # name: tifffile.imwrite options; pages 100 x 150 px (cropped along one axis, padded along the other)
+    "plain": {}, "deflate": {"compression": "zlib"}, "deflate-predictor": {"compression": "zlib", "predictor": True},
+    "big-endian": {"byteorder": ">"}, "bigtiff": {"bigtiff": True}, "tiled": {"tile": (64, 64)},
+    "strips-of-7-rows": {"rowsperstrip": 7}, "one-page": {},
+}
+
+
+@pytest.mark.parametrize("name", RGB8_TIFFS)
+def test_rgb8_tiffs_are_read_by_tifffile_as_simpleitk_reads_them(name, tmp_path):
+    """Every 8-bit RGB TIFF layout tifffile decodes without extra codecs: the same pages as SimpleITK's, read
+    without loading SimpleITK (a fresh process: the cold start's reader)."""
+    tifffile = pytest.importorskip("tifffile")
+    pages = np.random.default_rng(5).integers(0, 256, (1 if name == "one-page" else 5, 100, 150, 3), np.uint8)
+    path = tmp_path / f"{name}.tif"
+    tifffile.imwrite(path, pages, photometric="rgb", **RGB8_TIFFS[name])
+    assert stack.check_tiff(path).rgb8
+    for size in (128, None):
+        np.testing.assert_array_equal(read_stack(path, size), simpleitk_only(path, size))
+    np.testing.assert_array_equal(read_stack(path, None), pages)
+    script = ("import sys; from runtime.stack import read_stack; read_stack(sys.argv[1]); "
+              "assert 'SimpleITK' not in sys.modules")
+    subprocess.run([sys.executable, "-c", script, str(path)], cwd=ROOT, check=True)
+
+
+def test_rgb8_tiffs_tifffile_cannot_read_as_simpleitk_does_go_to_simpleitk(tmp_path):
+    """LZW (tifffile needs imagecodecs for it), a page marked as a reduced image or a mask (ITK does not count
+    it; a page of a multi-page file it does), a rotated orientation and a corrupt deflate strip: read, or
+    refused, exactly as SimpleITK alone does."""
+    tifffile = pytest.importorskip("tifffile")
+    pages = real_pages(3)
+    lzw = tmp_path / "lzw.tif"
+    sitk.WriteImage(sitk.GetImageFromArray(pages, isVector=True), str(lzw), useCompression=True, compressor="LZW")
+    rotated = tmp_path / "rotated.tif"
+    tifffile.imwrite(rotated, pages, photometric="rgb", extratags=[(274, "H", 1, 3, True)])
+    for path in (lzw, rotated):
+        assert stack.check_tiff(path).rgb8 and stack._read_rgb8_tiff(path, 128) is None
+        np.testing.assert_array_equal(read_stack(path), simpleitk_only(path))
+    for kind in (1, 4):  # a reduced image, a mask
+        marked = write_tiff(tmp_path / f"subfiles-{kind}.tif", list(pages), extra_tags=[(254, 4, [kind])])
+        assert stack._read_rgb8_tiff(marked, 128) is None
+    pages_of_many = write_tiff(tmp_path / "pages.tif", list(pages), extra_tags=[(254, 4, [2])])
+    np.testing.assert_array_equal(stack._read_rgb8_tiff(pages_of_many, 128), simpleitk_only(pages_of_many))
+    corrupt = tmp_path / "corrupt.tif"
+    tifffile.imwrite(corrupt, pages, photometric="rgb", compression="zlib")
+    data = bytearray(corrupt.read_bytes())
+    with tifffile.TiffFile(corrupt) as tif:
+        strip = tif.pages.first.dataoffsets[0]
+    data[strip + 10:strip + 60] = bytes(50)
+    corrupt.write_bytes(bytes(data))
+    assert stack._read_rgb8_tiff(corrupt, 128) is None
+    refused(corrupt, "cannot read the pixel data")
