@@ -199,6 +199,9 @@ def main() -> None:
         "python -c pass": [py, "-c", "pass"],
         "python -c 'import process'": [py, "-c", "import process"],
     }
+    # runtime/'s byte code, compiled as the image compiles it (Dockerfile): an interpreter that may not write it
+    # (PYTHONDONTWRITEBYTECODE) would otherwise compile runtime/ again at every start
+    subprocess.run([py, "-m", "compileall", "-q", "runtime"], cwd=ROOT, check=True)
     print(f"{time.strftime('%Y-%m-%d')}; machine: {machine()}; {len(pages)}-page stack; weights {weights}\n")
     cold: dict[str, list[tuple[float, float, str]]] = {k: [] for k in systems}
     for _ in range(args.repeats):
