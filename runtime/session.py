@@ -44,9 +44,9 @@ def load_onnxruntime() -> ModuleType:
 def session_options(ort: ModuleType, threads: int, prefused: bool = False):
     """The runtime's session options: all graph optimisations (none for a ``prefused`` graph, one that
     onnxruntime optimised and saved at export: the CPU graphs), ``threads`` intra-op threads, quiet, and no CPU
-    memory arena: with one, each session keeps the largest batch's activations reserved after the run (``amf predict``
-    over 1,000 patches, batches of 256: each worker peaked at 968 MB with the arena, 366 MB without;
-    docs/performance.md, Memory)."""
+    memory arena: with one, each session keeps its largest run's activations reserved after the run, for a cold
+    start no faster within the noise (``amf predict`` over 1,000 patches in batches of 256: its process tree
+    peaked at 560 MB with the arena, 475 MB without; docs/performance.md, Memory)."""
     options = ort.SessionOptions()
     level = ort.GraphOptimizationLevel
     options.graph_optimization_level = level.ORT_DISABLE_ALL if prefused else level.ORT_ENABLE_ALL
