@@ -25,6 +25,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from runtime.contract import CPU_MODEL_FILES, LOGIT_OUTPUT, PROB_OUTPUT
+from runtime.device import CPU
+from runtime.session import load_onnxruntime, session_options
 
 EXTERNAL_MIN_BYTES = 1024
 MAX_OWN_FRACTION = 0.05  # of the standard graph's size: above it, the fused graphs would ship weights twice
@@ -50,15 +52,14 @@ def write_cpu_graphs(model_path: Path) -> list[Path]:
 
 
 def _fused(model_path: Path) -> onnx.ModelProto:
-    import onnxruntime as ort
-
+    """The graph onnxruntime builds from ``model_path`` for the CPU provider, with the runtime's session options
+    (runtime/session.py), saved and read back."""
+    ort = load_onnxruntime()
     with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options = session_options(ort, threads=1)
         options.add_session_config_entry("optimization.disable_specified_optimizers", "NchwcTransformer")
-        options.log_severity_level = 3
         options.optimized_model_filepath = str(Path(tmp) / "fused.onnx")
-        ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(str(model_path), options, providers=[CPU])
         return onnx.load(options.optimized_model_filepath)
 
 
