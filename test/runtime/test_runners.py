@@ -73,26 +73,29 @@ def test_a_forked_runner_is_refused_in_a_process_that_loaded_onnxruntime():
         Forked([ROOT / "weights" / "ensemble.cpu.0.onnx"] * 2, "image", "prob", 2, 2)
 
 
-WORKER_FAILS_ONCE = """
-import sys
+TWO_WORKERS = """
+import os, signal, sys, threading
 import numpy as np
 from runtime.ensemble import Ensemble
 from runtime.errors import ModelError
 
 weights = sys.argv[1]
-good = np.stack([np.full((128, 128, 3), v, np.uint8) for v in (60, 128, 200)])
-bad = good.copy()
-bad[0] = 255  # the first member's graph fails on this batch; the others answer it
+pages = np.stack([np.full((128, 128, 3), v, np.uint8) for v in (60, 128, 200)])
 ensemble = Ensemble(weights, fork=True)
 assert ensemble.layout == "2 graphs in 2 worker processes", ensemble.layout
+"""  # how each worker-failure script starts: the two-member ensemble in two workers, and three pages
+
+WORKER_FAILS_ONCE = TWO_WORKERS + """
+bad = pages.copy()
+bad[0] = 255  # the first member's graph fails on this batch; the others answer it
 try:
     ensemble.probabilities(bad)
 except ModelError as exc:
     assert "failed on a batch" in str(exc), exc
 else:
     raise AssertionError("no ModelError")
-again = ensemble.probabilities(good)
-fresh = Ensemble(weights, fork=True).probabilities(good)
+again = ensemble.probabilities(pages)
+fresh = Ensemble(weights, fork=True).probabilities(pages)
 np.testing.assert_array_equal(again, fresh)
 print("done", flush=True)
 """
@@ -105,15 +108,7 @@ def test_a_worker_that_fails_once_leaves_no_reply_behind(tmp_path):
     assert run_fresh(WORKER_FAILS_ONCE, str(weights)) == "done\n"
 
 
-WORKER_KILLED = """
-import os, signal, sys, threading
-import numpy as np
-from runtime.ensemble import Ensemble
-from runtime.errors import ModelError
-
-weights = sys.argv[1]
-pages = np.stack([np.full((128, 128, 3), v, np.uint8) for v in (60, 128, 200)])
-ensemble = Ensemble(weights, fork=True)
+WORKER_KILLED = TWO_WORKERS + """
 first = ensemble.runner.pids[0]
 os.kill(first, signal.SIGSTOP)  # the call reaches it, and it cannot answer ...
 threading.Timer(0.5, os.kill, (first, signal.SIGKILL)).start()  # ... until it is killed, mid-call
