@@ -161,6 +161,10 @@ def recipe_options(args: argparse.Namespace, recipe) -> None:
     if args.masks is not None and not has_decoders(recipe.network):
         raise InputError(f"--masks {args.masks}: the decoders' targets, and this recipe's network trains without "
                          "decoders (single task)")
+    if args.cache is not None and (args.masks is not None or not has_decoders(recipe.network)):
+        raise InputError(f"--cache {args.cache}: keeps the built-in mask generator's masks, and "
+                         + ("--masks gives the masks" if args.masks is not None
+                            else "this recipe's network trains without decoders (single task)"))
     if args.hold_out_test and recipe.cv != LODO:
         raise InputError(f"--hold-out-test: holds a domain out of leave-one-domain-out folds, and this recipe's "
                          f"folds are {recipe.cv} (--set cv={LODO}, or leave --hold-out-test out)")

@@ -45,6 +45,7 @@ from training.choices import (
     CALIBRATION_PATCHES,
     GALLERY,
     INFERENCE_BATCH,
+    MASK_CACHE,
     PRECISIONS,
     PRESETS,
     QUANTIZE_MODES,
@@ -105,7 +106,8 @@ def train_args(p: argparse.ArgumentParser) -> None:
                    "on it")
     f.add_argument("--masks", type=Path, metavar="DIR",
                    help="folder of masks made elsewhere (default: the built-in generator)")
-    f.add_argument("--cache", type=Path, default=Path("cache"), metavar="DIR", help="mask cache folder (default cache)")
+    f.add_argument("--cache", type=Path, metavar="DIR",
+                   help=f"where the built-in mask generator keeps its masks (default {MASK_CACHE})")
     o = p.add_argument_group("figures shown twice across a held-out part, within a dataset or across two "
                              "(training/overlap.py; refused by default, exit 2)")
     o = o.add_mutually_exclusive_group()

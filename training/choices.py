@@ -22,6 +22,7 @@ DEVICES = tuple(ACCELERATORS)
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16", "bf16-true", "16-true", "64-true", "64",
               "transformer-engine", "transformer-engine-float16")
 INFERENCE_BATCH = 64  # PyTorch inference batch of evaluate, calibrate and pick
+MASK_CACHE = "cache"  # amf train: where the built-in mask generator keeps its masks unless --cache says
 GALLERY = 6  # amf evaluate: the vote's most confident errors per domain in report.html
 
 # export: int8 quantisation, and the static calibration chosen on the validation parts (docs/calibration.md)

@@ -43,7 +43,7 @@ from training import curves
 from training.augment import augment, mixup
 from training.averaging import RawOrAverage, averaged_copy
 from training.checkpoint import init_weights, load_weights_only, save_checkpoint
-from training.choices import ACCELERATORS
+from training.choices import ACCELERATORS, MASK_CACHE
 from training.cluster import RankReport, StopOnSignal, environment_plugins
 from training.data import PatchSet, load_every_row
 from training.device import default_precision, on_gpu
@@ -377,7 +377,8 @@ def run(args: argparse.Namespace, recipe: Recipe) -> int:
     check_run(folds, data, recipe, guarded.exclude, args.out, resume=args.resume, init=args.init)  # writes nothing
     masks = None
     if has_decoders(recipe.network) and folds:
-        masks = external_masks(args.masks, data, args.data) if args.masks else generate_masks(data.images, args.cache)
+        masks = (external_masks(args.masks, data, args.data) if args.masks
+                 else generate_masks(data.images, args.cache or MASK_CACHE))
     args.out.mkdir(parents=True, exist_ok=True)
     # written once (or refused: another run's); --resume may lengthen the schedule and nothing else
     content = json.dumps(recipe.to_dict(), indent=2)
