@@ -22,7 +22,7 @@ import numpy as np
 
 from runtime.device import CPU
 from runtime.errors import InputError, ModelError
-from runtime.session import CPU_IMAGES_PER_RUN, build_session, one_line, run_sessions
+from runtime.session import CPU_IMAGES_PER_RUN, build_session, one_line, onnxruntime_is_idle, run_sessions
 
 _SIZES = struct.Struct("<II")  # header bytes, payload bytes
 
@@ -120,10 +120,12 @@ class ForkedRead:
 
 
 def fork_is_safe() -> bool:
-    """Whether this process may fork :class:`SessionWorker` processes: it has loaded neither onnxruntime nor
-    PyTorch, whose threads and locks a forked child must not inherit. True in a fresh ``process.py`` or
-    ``amf predict``; false in ``amf evaluate``, ``amf calibrate`` and the tests' own process."""
-    return not {"onnxruntime", "torch"} & sys.modules.keys()
+    """Whether this process may fork :class:`SessionWorker` processes: it has not loaded PyTorch, and onnxruntime
+    is idle here (:func:`runtime.session.onnxruntime_is_idle`: not loaded, or loaded without a session), since
+    a forked child must not inherit their threads' locks. True in a fresh ``process.py`` or ``amf predict``, also
+    once a forked runner has loaded onnxruntime for its workers; false in ``amf evaluate``, ``amf calibrate`` and
+    the tests' own process."""
+    return "torch" not in sys.modules and onnxruntime_is_idle()
 
 
 class SessionWorker:

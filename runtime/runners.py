@@ -6,7 +6,8 @@
   standard graph), their outputs side by side.
 - :class:`Forked`: the same CPU graphs in forked worker processes (runtime/forked.py), the members split between
   them: their session builds and runs overlap, which threads in one process cannot (onnxruntime holds the GIL
-  while it builds a session). Only a process that has loaded neither onnxruntime nor PyTorch may fork them.
+  while it builds a session). Only a process that has not loaded PyTorch and has built no onnxruntime session may
+  fork them (:func:`runtime.forked.fork_is_safe`).
 - :class:`CudaGraph`: the standard graph in one session on onnxruntime's CUDA provider.
 
 :func:`open_runner` picks one: CUDA where runtime/device.py says so and it starts, else the CPU graphs, forked
@@ -23,7 +24,7 @@ from runtime.contract import EnsembleSpec
 from runtime.device import CPU, cpu_threads, cuda_session, wants_cuda
 from runtime.errors import ModelError
 from runtime.forked import SessionWorker, fork_is_safe
-from runtime.session import CPU_IMAGES_PER_RUN, build_session, run_sessions
+from runtime.session import CPU_IMAGES_PER_RUN, build_session, load_onnxruntime, run_sessions
 
 
 class InProcess:
@@ -63,13 +64,16 @@ class Forked:
     """The graphs split in order between ``n_workers`` forked :class:`SessionWorker` processes, ``threads`` CPU
     threads shared out between them. A call sends the batch to every worker and reads every reply before it
     raises the first error, so that no reply is left for the next call to read; a worker that ended is started
-    again at the next call."""
+    again at the next call. onnxruntime is imported here, before the workers are forked: they inherit it instead of
+    each importing it after the fork (process.py's cold start: 3 % less wall time, docs/performance.md), and with
+    no session built it runs no thread that a fork could cut off."""
 
     def __init__(self, files: list[Path], input_name: str, output_name: str, threads: int, n_workers: int,
                  prefused: bool = False) -> None:
         if not fork_is_safe():
-            raise RuntimeError("worker processes are forked only by a process that has loaded neither onnxruntime "
-                               "nor PyTorch (open the ensemble with fork=False)")
+            raise RuntimeError("worker processes are forked only by a process that has not loaded PyTorch and has "
+                               "built no onnxruntime session (open the ensemble with fork=False)")
+        load_onnxruntime()
         self._groups = [list(g) for g in np.array_split(np.array(files, dtype=object), n_workers)]
         self._args = max(1, threads // n_workers), input_name, output_name, prefused
         self._workers: list[SessionWorker] = []

@@ -10,6 +10,7 @@ could not be made at all, which the CUDA start turns into a fallback note).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -29,16 +30,29 @@ class SessionError(ModelError):
     exception onnxruntime raised is its ``__cause__``."""
 
 
+# What this process has done with onnxruntime, for runtime/forked.py's fork_is_safe: whether this module imported
+# it first, and how many sessions build_session built.
+_imported_here, _sessions_built = False, 0
+
+
 def load_onnxruntime() -> ModuleType:
     """onnxruntime with telemetry off: releases after 1.26 write a device ID and a usage database under
     ~/.cache, look up Microsoft's event server, and warn on stderr when HOME is read-only, unless
     ORT_DISABLE_TELEMETRY is set before the first import. Its own log lines are silenced: failures reach us
     as exceptions."""
+    global _imported_here
     os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+    _imported_here = _imported_here or "onnxruntime" not in sys.modules
     import onnxruntime
 
     onnxruntime.set_default_logger_severity(4)
     return onnxruntime
+
+
+def onnxruntime_is_idle() -> bool:
+    """onnxruntime is not loaded, or :func:`load_onnxruntime` loaded it and no session has been built here since:
+    it then runs no thread of its own (tested), so a forked child inherits no lock another thread holds."""
+    return "onnxruntime" not in sys.modules or (_imported_here and not _sessions_built)
 
 
 def session_options(ort: ModuleType, threads: int, prefused: bool = False):
@@ -62,7 +76,9 @@ def build_session(model: str | Path | bytes, providers: list, threads: int, inpu
     """A session of ``model`` (a file, or a serialised graph with ``label`` naming it in errors) on
     ``providers`` with :func:`session_options`; ``kwargs`` go to ``InferenceSession`` (the CUDA start's
     ``enable_fallback=0``). ``ort``: the onnxruntime module (default :func:`load_onnxruntime`'s)."""
+    global _sessions_built
     ort = ort or load_onnxruntime()
+    _sessions_built += 1
     name = label or str(model)
     source = model if isinstance(model, bytes) else str(model)
     options = session_options(ort, threads, prefused)

@@ -1,5 +1,5 @@
 """runtime/runners.py: each way of running the graphs gives the same probabilities; forked workers' failures
-never reach the next call. Forked runners run in a fresh process (this one has loaded onnxruntime: it may not
+never reach the next call. Forked runners run in a fresh process (this one builds onnxruntime sessions: it may not
 fork workers)."""
 
 from __future__ import annotations
@@ -68,8 +68,47 @@ def test_every_runner_gives_the_same_probabilities(tmp_path, monkeypatch):
     np.testing.assert_array_equal(on_cuda.probabilities(pages), expected)
 
 
-def test_a_forked_runner_is_refused_in_a_process_that_loaded_onnxruntime():
-    with pytest.raises(RuntimeError, match="forked only by a process that has loaded neither"):
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc (Linux)")
+def test_onnxruntime_imported_without_a_session_runs_no_thread():
+    """A forked runner imports onnxruntime before it forks its workers: that is safe only while the import starts
+    no thread (a forked child gets the forking thread alone). numpy's OpenBLAS threads are set to one here, as
+    process.py sets them."""
+    script = ("import os; count = lambda: len(os.listdir('/proc/self/task')); import numpy; before = count(); "
+              "from runtime.session import load_onnxruntime; load_onnxruntime(); print(before, count())")
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True,
+                         env={**os.environ, "OPENBLAS_NUM_THREADS": "1"}).stdout
+    assert out.split() == ["1", "1"]
+
+
+FORK_SAFETY = """
+import sys
+from runtime.forked import fork_is_safe
+from runtime.session import build_session, load_onnxruntime
+
+states = [fork_is_safe()]
+if sys.argv[1] == "imported-elsewhere":
+    import onnxruntime
+load_onnxruntime()
+states.append(fork_is_safe())
+build_session(sys.argv[2], ["CPUExecutionProvider"], 1, "image", "prob", prefused=True)
+states.append(fork_is_safe())
+print(*states)
+"""
+
+
+@pytest.mark.parametrize("how, states", [("here", "True True False"), ("imported-elsewhere", "True False False")])
+def test_a_process_may_fork_workers_until_onnxruntime_builds_a_session(how, states):
+    """Forking is safe in a fresh process and still once load_onnxruntime has imported onnxruntime (a forked
+    runner does so before it forks its workers); not once a session is built, nor when onnxruntime was imported
+    by other code, whose sessions this module cannot see."""
+    assert run_fresh(FORK_SAFETY, how, str(ROOT / "weights" / "ensemble.cpu.0.onnx")).split() == states.split()
+
+
+def test_a_forked_runner_is_refused_in_a_process_that_built_a_session():
+    from runtime.session import build_session
+
+    build_session(ROOT / "weights" / "ensemble.cpu.0.onnx", ["CPUExecutionProvider"], 1, "image", "prob", True)
+    with pytest.raises(RuntimeError, match="forked only by a process that has not loaded PyTorch and has built no"):
         Forked([ROOT / "weights" / "ensemble.cpu.0.onnx"] * 2, "image", "prob", 2, 2)
 
 
