@@ -149,7 +149,7 @@ def print_budget(runs: list[tuple[float, float, str]], median: dict[str, float],
     imports = median["python -c 'import process'"] - interpreter
     rows = {"interpreter (`python -c pass`)": interpreter,
             "imports (`python -c 'import process'`, less the interpreter)": imports,
-            "session build (forking the workers, their onnxruntime import and session builds)": timing["load"],
+            "session build (onnxruntime's import, forking the workers, their session builds)": timing["load"],
             f"inference: the warm run ({layout}, best of a fresh process's warm runs)": min(best, timing["inference"]),
             "the first run's extra cost (cold inference less the warm run)": max(timing["inference"] - best, 0.0),
             "write (results JSON)": timing["write"]}
