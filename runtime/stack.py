@@ -148,7 +148,9 @@ def _read_rgb8_tiff(path: Path, size: int | None) -> np.ndarray | None:
 
     import tifffile
 
-    logging.getLogger("tifffile").addHandler(logging.NullHandler())  # its warnings must not reach stderr
+    logger = logging.getLogger("tifffile")
+    if not logger.handlers:  # its warnings must not reach stderr (Python's last-resort handler)
+        logger.addHandler(logging.NullHandler())
     try:
         with tifffile.TiffFile(path) as tif:
             first, n_pages = tif.pages.first, len(tif.pages)

@@ -429,3 +429,17 @@ def test_rgb8_tiffs_tifffile_cannot_read_as_simpleitk_does_go_to_simpleitk(tmp_p
     corrupt.write_bytes(bytes(data))
     assert stack._read_rgb8_tiff(corrupt, 128) is None
     refused(corrupt, "cannot read the pixel data")
+
+
+def test_tifffile_warnings_stay_off_stderr(tmp_path):
+    """A stack whose Exif pointer leads past the end of the file: tifffile logs a warning and reads the pages.
+    In a fresh process (no logging set up, where Python would print it) stderr stays empty, and the pages are
+    SimpleITK's."""
+    pages = real_pages(2)
+    path = write_tiff(tmp_path / "exif.tif", list(pages), extra_tags=[(34665, 4, [999_999])])
+    script = ("import sys, numpy as np; from runtime.stack import read_stack; "
+              "np.save(sys.argv[2], read_stack(sys.argv[1])); assert 'SimpleITK' not in sys.modules")
+    proc = subprocess.run([sys.executable, "-c", script, str(path), str(tmp_path / "pages.npy")], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "pages.npy"), simpleitk_only(path))
