@@ -16,6 +16,7 @@ from runtime.ensemble import Ensemble
 from training import evaluate
 from training.data import DataSource, load
 from training.foundation import FoundationBackbone
+from training.network import has_decoders
 from training.recipe import PRESETS
 
 # Small variants of each preset's architecture (same timm family, fewer / narrower layers).
@@ -43,7 +44,9 @@ def preset_args(name: str, out: Path, tmp: Path) -> list[str]:
     recipe = PRESETS[name]
     fold = "tupac16" if recipe.cv == "lodo" else "cv1of5"
     args = ["train", "--manifest", str(AMIBR_FIXTURE / "manifest.csv"), "--out", str(out), "--preset", name,
-            "--epochs", "1", "--batch-size", "4", "--folds", fold, "--cache", str(tmp / "cache")]
+            "--epochs", "1", "--batch-size", "4", "--folds", fold]
+    if has_decoders(recipe.network):  # the mask cache serves the decoders' targets only
+        args += ["--cache", str(tmp / "cache")]
     changes = dict(SHRINK.get(name, {}))
     if recipe.network.kind == "foundation":
         weights, size = tiny_foundation_weights(recipe.network.backbone, tmp)
