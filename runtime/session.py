@@ -1,10 +1,12 @@
-"""Building an onnxruntime session, written once: for every runner (runtime/runners.py), the CUDA start
-(runtime/device.py) and the training side's scoring (training/quantize.py).
+"""Building and running onnxruntime sessions, written once: for every runner (runtime/runners.py), the CUDA start
+(runtime/device.py) and the training side's scoring and CPU-graph fusing (training/quantize.py, cpu_graph.py).
 
 onnxruntime is imported through :func:`load_onnxruntime` only, with its telemetry off. :func:`build_session`
 gives a session with the runtime's options on the providers asked for and checks that the graph has the input and
 the output the caller will use; any failure is a ModelError naming the file (:class:`SessionError` when the session
-could not be made at all, which the CUDA start turns into a fallback note).
+could not be made at all, which the CUDA start turns into a fallback note). :func:`run_sessions` runs sessions
+side by side, on the CPU CPU_IMAGES_PER_RUN images at a time. The module also knows whether this process may
+still fork (:func:`onnxruntime_is_idle`): whether it imported onnxruntime first and has built no session.
 """
 
 from __future__ import annotations
