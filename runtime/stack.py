@@ -138,12 +138,11 @@ def read_stack(path: str | Path, size: int | None = PATCH_SIZE) -> np.ndarray:
 
 
 def _read_rgb8_tiff(path: Path, size: int | None) -> np.ndarray | None:
-    """The pages of an 8-bit RGB TIFF (:func:`check_tiff` has walked it) as tifffile decodes them, the same pixels
-    as SimpleITK's: tifffile loads in a third of SimpleITK's time, which counts in the container's cold start
-    (15 vs 50 ms on a 2-core AMD EPYC Zen 4). None where it cannot decode them (a compression it has no codec
-    for, a damaged strip) or they are not what SimpleITK reads as they are (an orientation other than the
-    default, a page marked other than a page of a multi-page file, such as a reduced image, which ITK does not
-    count): SimpleITK then reads the file, and names any problem."""
+    """The pages of an 8-bit RGB TIFF as tifffile decodes them, the same pixels as SimpleITK's (:func:`check_tiff`
+    walked it and found every page one ITK counts, stored as it shows it: ``Layout.rgb8``). tifffile loads in a
+    third of SimpleITK's time, which counts in the container's cold start (15 vs 50 ms on a 2-core AMD EPYC
+    Zen 4). None where it cannot decode them (a compression it has no codec for, a damaged strip): SimpleITK then
+    reads the file, and names any problem."""
     import logging
 
     import tifffile
@@ -154,9 +153,7 @@ def _read_rgb8_tiff(path: Path, size: int | None) -> np.ndarray | None:
     try:
         with tifffile.TiffFile(path) as tif:
             first, n_pages = tif.pages.first, len(tif.pages)
-            if (first.shape[-1:] != (3,) or first.dtype != np.uint8 or n_pages * first.size > MAX_DECODED_BYTES
-                    or first.tags.valueof(ORIENTATION, 1) != 1
-                    or any(page.subfiletype not in (0, 2) for page in tif.pages)):
+            if first.shape[-1:] != (3,) or first.dtype != np.uint8 or n_pages * first.size > MAX_DECODED_BYTES:
                 return None
             pages = tif.asarray(key=range(n_pages)).reshape(n_pages, *first.shape)
     except Exception:  # noqa: BLE001 - tifffile raises many types; SimpleITK's read reports the problem
@@ -267,19 +264,20 @@ def _itk_message(exc: BaseException, printed: list[str] = ()) -> str:
 class Layout:
     pages: int | None  # TIFF page directories (None for a MetaImage: ITK checks its data size)
     palette: bool = False  # TIFF photometric interpretation 3: ITK expands the 16-bit colour map
-    rgb8: bool = False  # a TIFF of 8-bit RGB pages, one sample after another (:func:`_read_rgb8_tiff`)
+    rgb8: bool = False  # a TIFF of 8-bit RGB pages, one sample after another, each a page ITK counts and does not
+    # turn (NewSubfileType 0 or 2, Orientation 1): :func:`_read_rgb8_tiff` may read it
 
 
 _TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4,
                     16: 8, 17: 8, 18: 8}
 _TIFF_INT_FORMATS = {3: "H", 4: "I", 16: "Q"}
 WIDTH, HEIGHT, BITS, PHOTOMETRIC, SAMPLES, PLANAR, COLOUR_MAP, SAMPLE_FORMAT = 256, 257, 258, 262, 277, 284, 320, 339
-ORIENTATION = 274
+SUBFILE_TYPE, ORIENTATION = 254, 274  # NewSubfileType (2: a page of a multi-page file), Orientation (1: as stored)
 DATA_BLOCKS = ((273, 279), (324, 325))  # (StripOffsets, StripByteCounts), (TileOffsets, TileByteCounts)
 # A page's pixel layout and the default of each tag. ITK sizes its buffer from page 1 and decodes every
 # page into it: a later page that differs (even only a gray vs a colour palette) is misread, or overflows.
 LAYOUT_TAGS = {WIDTH: 0, HEIGHT: 0, BITS: 1, PHOTOMETRIC: -1, SAMPLES: 1, PLANAR: 1, SAMPLE_FORMAT: 1}
-READ_TAGS = {*LAYOUT_TAGS, COLOUR_MAP, *(tag for pair in DATA_BLOCKS for tag in pair)}
+READ_TAGS = {*LAYOUT_TAGS, COLOUR_MAP, SUBFILE_TYPE, ORIENTATION, *(tag for pair in DATA_BLOCKS for tag in pair)}
 
 
 def check_tiff(path: Path, max_pages: int = 1_000_000) -> Layout:
@@ -293,8 +291,6 @@ def check_tiff(path: Path, max_pages: int = 1_000_000) -> Layout:
 
 
 def _walk_tiff(data: mmap.mmap, path: Path, max_pages: int) -> Layout:
-    size = len(data)
-
     def bad(problem: str) -> InputError:
         return InputError(f"{path}: not a readable TIFF ({problem})")
 
@@ -308,36 +304,17 @@ def _walk_tiff(data: mmap.mmap, path: Path, max_pages: int) -> Layout:
         count_fmt, entry_size, offset_fmt, first = "Q", 20, "Q", struct.unpack_from(end + "Q", data, 8)[0]
     else:
         raise bad(f"unknown version {magic}")
-    count_size, value_size = struct.calcsize(count_fmt), struct.calcsize(offset_fmt)
-    pages, offset, seen, first_layout = 0, first, set(), None
+    formats = end, count_fmt, entry_size, offset_fmt
+    pages, offset, seen, first_layout, as_itk_reads = 0, first, set(), None, True
     while offset:
         page = pages + 1
         if offset in seen or pages >= max_pages:
             raise bad("page directories loop")
         seen.add(offset)
-        if offset + count_size > size:
-            raise bad(f"page {page} directory lies beyond the end of the file (truncated?)")
-        n = struct.unpack_from(end + count_fmt, data, offset)[0]
-        entries_end = offset + count_size + n * entry_size
-        if entries_end + value_size > size:
-            raise bad(f"page {page} directory runs past the end of the file (truncated?)")
-        tags: dict[int, tuple[int, ...]] = {}
-        for i in range(n):
-            e = offset + count_size + i * entry_size
-            tag, typ = struct.unpack_from(end + "HH", data, e)
-            count = struct.unpack_from(end + offset_fmt, data, e + 4)[0]
-            nbytes = count * _TIFF_TYPE_SIZES.get(typ, 1)
-            where = e + 4 + value_size
-            if nbytes > value_size:
-                where = struct.unpack_from(end + offset_fmt, data, where)[0]
-            if where + nbytes > size:
-                raise bad(f"page {page} tag {tag} points beyond the end of the file (truncated?)")
-            if typ in _TIFF_INT_FORMATS and tag in READ_TAGS:
-                tags[tag] = struct.unpack_from(f"{end}{count}{_TIFF_INT_FORMATS[typ]}", data, where)
-        for offsets_tag, counts_tag in DATA_BLOCKS:
-            for start, length in zip(tags.get(offsets_tag, ()), tags.get(counts_tag, ())):
-                if start + length > size:
-                    raise bad(f"page {page} image data lies beyond the end of the file (truncated?)")
+        tags, offset = _directory(data, offset, formats, lambda problem, page=page: bad(f"page {page} {problem}"))
+        # a page ITK does not count as one (a reduced image, a mask), or one it may turn: tifffile would read
+        # it otherwise (_read_rgb8_tiff)
+        as_itk_reads &= (tags.get(SUBFILE_TYPE) or (0,))[0] in (0, 2) and (tags.get(ORIENTATION) or (1,))[0] == 1
         colours = tags.get(COLOUR_MAP, ())
         third = len(colours) // 3
         gray_map = colours[:third] == colours[third:2 * third] == colours[2 * third:3 * third]
@@ -355,12 +332,43 @@ def _walk_tiff(data: mmap.mmap, path: Path, max_pages: int) -> Layout:
             raise InputError(f"{path}: page {page} stores its pixels differently from page 1 (bits, channels, "
                              f"colour model or colour map): all pages must share one pixel format")
         pages += 1
-        offset = struct.unpack_from(end + offset_fmt, data, entries_end)[0]
     if first_layout is None:
         raise bad("no pages")
     _, _, bits, photometric, samples, planar, sample_format, _ = first_layout
     return Layout(pages, palette=photometric == 3,
-                  rgb8=(bits, photometric, samples, planar, sample_format) == (8, 2, 3, 1, 1))
+                  rgb8=as_itk_reads and (bits, photometric, samples, planar, sample_format) == (8, 2, 3, 1, 1))
+
+
+def _directory(data: mmap.mmap, offset: int, formats: tuple[str, str, int, str], bad) -> tuple[dict, int]:
+    """The page directory at ``offset``: its READ_TAGS values and the next directory's offset, every entry's
+    value and the page's image data checked to lie inside the file (else ``bad(problem)`` is raised).
+    ``formats``: byte order, entry count format, entry size and offset format (classic TIFF or BigTIFF)."""
+    end, count_fmt, entry_size, offset_fmt = formats
+    size, count_size, value_size = len(data), struct.calcsize(count_fmt), struct.calcsize(offset_fmt)
+    if offset + count_size > size:
+        raise bad("directory lies beyond the end of the file (truncated?)")
+    n = struct.unpack_from(end + count_fmt, data, offset)[0]
+    entries_end = offset + count_size + n * entry_size
+    if entries_end + value_size > size:
+        raise bad("directory runs past the end of the file (truncated?)")
+    tags: dict[int, tuple[int, ...]] = {}
+    for i in range(n):
+        e = offset + count_size + i * entry_size
+        tag, typ = struct.unpack_from(end + "HH", data, e)
+        count = struct.unpack_from(end + offset_fmt, data, e + 4)[0]
+        nbytes = count * _TIFF_TYPE_SIZES.get(typ, 1)
+        where = e + 4 + value_size
+        if nbytes > value_size:
+            where = struct.unpack_from(end + offset_fmt, data, where)[0]
+        if where + nbytes > size:
+            raise bad(f"tag {tag} points beyond the end of the file (truncated?)")
+        if typ in _TIFF_INT_FORMATS and tag in READ_TAGS:
+            tags[tag] = struct.unpack_from(f"{end}{count}{_TIFF_INT_FORMATS[typ]}", data, where)
+    for offsets_tag, counts_tag in DATA_BLOCKS:
+        for start, length in zip(tags.get(offsets_tag, ()), tags.get(counts_tag, ())):
+            if start + length > size:
+                raise bad("image data lies beyond the end of the file (truncated?)")
+    return tags, struct.unpack_from(end + offset_fmt, data, entries_end)[0]
 
 
 # MetaImage header fields that hold NDims (power 1) or NDims x NDims (power 2) numbers

@@ -412,13 +412,15 @@ def test_rgb8_tiffs_tifffile_cannot_read_as_simpleitk_does_go_to_simpleitk(tmp_p
     sitk.WriteImage(sitk.GetImageFromArray(pages, isVector=True), str(lzw), useCompression=True, compressor="LZW")
     rotated = tmp_path / "rotated.tif"
     tifffile.imwrite(rotated, pages, photometric="rgb", extratags=[(274, "H", 1, 3, True)])
+    assert stack.check_tiff(lzw).rgb8 and stack._read_rgb8_tiff(lzw, 128) is None  # tifffile tries, and gives up
+    assert not stack.check_tiff(rotated).rgb8  # the walk keeps tifffile away
     for path in (lzw, rotated):
-        assert stack.check_tiff(path).rgb8 and stack._read_rgb8_tiff(path, 128) is None
         np.testing.assert_array_equal(read_stack(path), simpleitk_only(path))
     for kind in (1, 4):  # a reduced image, a mask
         marked = write_tiff(tmp_path / f"subfiles-{kind}.tif", list(pages), extra_tags=[(254, 4, [kind])])
-        assert stack._read_rgb8_tiff(marked, 128) is None
+        assert not stack.check_tiff(marked).rgb8
     pages_of_many = write_tiff(tmp_path / "pages.tif", list(pages), extra_tags=[(254, 4, [2])])
+    assert stack.check_tiff(pages_of_many).rgb8
     np.testing.assert_array_equal(stack._read_rgb8_tiff(pages_of_many, 128), simpleitk_only(pages_of_many))
     corrupt = tmp_path / "corrupt.tif"
     tifffile.imwrite(corrupt, pages, photometric="rgb", compression="zlib")
