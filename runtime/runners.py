@@ -151,7 +151,7 @@ def open_runner(spec: EnsembleSpec, fork: bool = False, n_pages: int | None = No
         session, note = cuda_session(spec.model_file, spec.input_name, spec.output_name, threads)
         if session is not None:
             return CudaGraph(session, spec.input_name, spec.output_name), None
-        fork = False  # that try loaded onnxruntime here, whose threads and locks a forked worker must not inherit
+        fork = False  # that try may have built a session here, whose threads' locks a forked worker must not inherit
     files, prefused = spec.cpu_model_files or [spec.model_file], bool(spec.cpu_model_files)
     n_workers = min(threads, len(files))
     if fork and n_workers > 1:
