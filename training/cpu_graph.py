@@ -10,6 +10,11 @@ float convolutions, of which this graph has none), so the fused graphs run on an
 per fold (its network, from the shared input to its column of ``logit`` and ``prob``, [N, 1]) lets the runtime
 build and run the folds in parallel processes (runtime/ensemble.py).
 
+The per-channel constants that scale and normalise the input image ([1, 1, 1, 3]) are stored at the image's own
+shape ([1, H, W, 3]): onnxruntime broadcasts a last axis of three elements a three-element span at a time, many
+times slower than an operand of the full shape (docs/performance.md). Each element meets the same constant in the
+same float operation, so the answers stay identical to the bit.
+
 The fused graphs hold the very same int8 tensors, so they ship without them: each tensor of at least
 ``EXTERNAL_MIN_BYTES`` is ONNX external data (location, offset, length) that points at the identical bytes inside
 the standard graph's file. The offsets are found by content, so whichever match is taken holds the same values
@@ -21,6 +26,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
@@ -30,6 +36,7 @@ from runtime.session import load_onnxruntime, session_options
 
 EXTERNAL_MIN_BYTES = 1024
 MAX_OWN_FRACTION = 0.05  # of the standard graph's size: above it, the fused graphs would ship weights twice
+ELEMENTWISE = ("Cast", "Add", "Sub", "Mul", "Div")  # the image's shape passes through these unchanged
 
 
 def write_cpu_graphs(model_path: Path) -> list[Path]:
@@ -46,7 +53,7 @@ def write_cpu_graphs(model_path: Path) -> list[Path]:
     paths = []
     for i in range(len(columns.input)):
         path = model_path.parent / CPU_MODEL_FILES.format(i)
-        onnx.save(_fold_graph(fused, columns, i), str(path))
+        onnx.save(_tile_image_constants(_fold_graph(fused, columns, i)), str(path))
         paths.append(path)
     return paths
 
@@ -108,3 +115,31 @@ def _one_column(output: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
     single.type.tensor_type.shape.dim[1].ClearField("dim_param")
     single.type.tensor_type.shape.dim[1].dim_value = 1
     return single
+
+
+def _tile_image_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with each constant operand that broadcasts along the image's last axis alone, in the elementwise
+    nodes that take the image, stored at the image's shape (the module's docstring says why); unchanged when the
+    image's height and width are not fixed."""
+    image = model.graph.input[0]
+    dims = [d.dim_value for d in image.type.tensor_type.shape.dim[1:]]
+    if not all(dims):
+        return model
+    constants = {t.name: t for t in model.graph.initializer}
+    on_image = {image.name}
+    for node in model.graph.node:
+        if node.op_type not in ELEMENTWISE or node.input[0] not in on_image:
+            continue
+        on_image.add(node.output[0])
+        constant = constants.get(node.input[-1]) if len(node.input) == 2 else None
+        if constant is None or list(constant.dims) != [1] * len(dims) + [dims[-1]]:
+            continue
+        tiled = numpy_helper.from_array(np.ascontiguousarray(np.broadcast_to(
+            numpy_helper.to_array(constant), [1, *dims])), f"{constant.name}.tiled")
+        model.graph.initializer.append(tiled)
+        node.input[-1] = tiled.name
+    used = {name for node in model.graph.node for name in node.input}
+    kept = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    return model

@@ -120,6 +120,9 @@ def test_shipped_cpu_graphs_are_the_standard_graph_fused_and_cut_per_fold_withou
         external = [t for t in fused.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
         assert {e.value for t in external for e in t.external_data if e.key == "location"} == {"ensemble.onnx"}
         assert path.stat().st_size < (weights / "ensemble.onnx").stat().st_size / 100
+        shapes = {t.name: list(t.dims) for t in fused.graph.initializer}
+        scaling = [n.input[1] for n in fused.graph.node if n.op_type in ("Sub", "Div")]  # the input's, per channel
+        assert sorted(shapes[name] for name in scaling) == [[], [1, 128, 128, 3], [1, 128, 128, 3]]
     pages = real_pages(16)
     standard = ort.InferenceSession(str(weights / "ensemble.onnx"))
     np.testing.assert_array_equal(ens.probabilities(pages), standard.run(["prob"], {"image": pages})[0])

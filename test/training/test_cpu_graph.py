@@ -9,7 +9,7 @@ import pytest
 from conftest import real_pages, tiny_conv_graph
 from onnx import TensorProto, helper, numpy_helper
 
-from training.cpu_graph import EXTERNAL_MIN_BYTES, write_cpu_graphs
+from training.cpu_graph import EXTERNAL_MIN_BYTES, _tile_image_constants, write_cpu_graphs
 from training.quantize import calibration_sample, fold_probabilities, quantize
 
 
@@ -77,3 +77,33 @@ def test_no_cpu_graphs_without_a_column_per_fold(tmp_path):
     path = tmp_path / "ensemble.onnx"
     onnx.save(model, str(path))
     assert write_cpu_graphs(path) == []
+
+
+def normalising_graph(height: int | str) -> onnx.ModelProto:
+    """uint8 image [N, height, 8, 3] -> (x / 255 - mean) / std, per channel -> * a per-channel gain (off the
+    image's path: it follows a Relu)."""
+    channel = [1, 1, 1, 3]
+    inits = [numpy_helper.from_array(np.array(v, np.float32).reshape(shape), name) for v, shape, name in (
+        (255, [], "full"), ([0.485, 0.456, 0.406], channel, "mean"), ([0.229, 0.224, 0.225], channel, "std"),
+        ([1.5, 0.5, 2.0], channel, "gain"))]
+    nodes = [helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Div", ["f", "full"], ["x01"]), helper.make_node("Sub", ["x01", "mean"], ["centred"]),
+             helper.make_node("Div", ["centred", "std"], ["z"]), helper.make_node("Relu", ["z"], ["r"]),
+             helper.make_node("Mul", ["r", "gain"], ["out"])]
+    graph = helper.make_graph(nodes, "normalising",
+                              [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", height, 8, 3])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", height, 8, 3])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+
+
+def test_the_image_per_channel_constants_are_stored_at_the_image_shape_with_the_same_answers():
+    import onnxruntime as ort
+
+    tiled = _tile_image_constants(normalising_graph(16))
+    shapes = {t.name: list(t.dims) for t in tiled.graph.initializer}
+    assert shapes == {"full": [], "mean.tiled": [1, 16, 8, 3], "std.tiled": [1, 16, 8, 3], "gain": [1, 1, 1, 3]}
+    image = np.random.default_rng(0).integers(0, 256, (2, 16, 8, 3), dtype=np.uint8)
+    answers = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"image": image})[0] for m in (normalising_graph(16), tiled)]
+    np.testing.assert_array_equal(*answers)
+    assert _tile_image_constants(normalising_graph("H")) == normalising_graph("H")  # no fixed shape to tile to
