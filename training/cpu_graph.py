@@ -37,6 +37,7 @@ from runtime.session import load_onnxruntime, session_options
 EXTERNAL_MIN_BYTES = 1024
 MAX_OWN_FRACTION = 0.05  # of the standard graph's size: above it, the fused graphs would ship weights twice
 ELEMENTWISE = ("Cast", "Add", "Sub", "Mul", "Div")  # the image's shape passes through these unchanged
+TILED = ".tiled"  # ends the name of a constant stored at the image's shape
 
 
 def write_cpu_graphs(model_path: Path) -> list[Path]:
@@ -135,7 +136,7 @@ def _tile_image_constants(model: onnx.ModelProto) -> onnx.ModelProto:
         if constant is None or list(constant.dims) != [1] * len(dims) + [dims[-1]]:
             continue
         tiled = numpy_helper.from_array(np.ascontiguousarray(np.broadcast_to(
-            numpy_helper.to_array(constant), [1, *dims])), f"{constant.name}.tiled")
+            numpy_helper.to_array(constant), [1, *dims])), constant.name + TILED)
         model.graph.initializer.append(tiled)
         node.input[-1] = tiled.name
     used = {name for node in model.graph.node for name in node.input}

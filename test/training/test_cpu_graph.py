@@ -9,7 +9,7 @@ import pytest
 from conftest import real_pages, tiny_conv_graph
 from onnx import TensorProto, helper, numpy_helper
 
-from training.cpu_graph import EXTERNAL_MIN_BYTES, _tile_image_constants, write_cpu_graphs
+from training.cpu_graph import EXTERNAL_MIN_BYTES, TILED, _tile_image_constants, write_cpu_graphs
 from training.quantize import calibration_sample, fold_probabilities, quantize
 
 
@@ -101,7 +101,7 @@ def test_the_image_per_channel_constants_are_stored_at_the_image_shape_with_the_
 
     tiled = _tile_image_constants(normalising_graph(16))
     shapes = {t.name: list(t.dims) for t in tiled.graph.initializer}
-    assert shapes == {"full": [], "mean.tiled": [1, 16, 8, 3], "std.tiled": [1, 16, 8, 3], "gain": [1, 1, 1, 3]}
+    assert shapes == {"full": [], "mean" + TILED: [1, 16, 8, 3], "std" + TILED: [1, 16, 8, 3], "gain": [1, 1, 1, 3]}
     image = np.random.default_rng(0).integers(0, 256, (2, 16, 8, 3), dtype=np.uint8)
     answers = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         None, {"image": image})[0] for m in (normalising_graph(16), tiled)]
