@@ -135,10 +135,11 @@ def _tile_image_constants(model: onnx.ModelProto) -> onnx.ModelProto:
         constant = constants.get(node.input[-1]) if len(node.input) == 2 else None
         if constant is None or list(constant.dims) != [1] * len(dims) + [dims[-1]]:
             continue
-        tiled = numpy_helper.from_array(np.ascontiguousarray(np.broadcast_to(
-            numpy_helper.to_array(constant), [1, *dims])), constant.name + TILED)
-        model.graph.initializer.append(tiled)
-        node.input[-1] = tiled.name
+        if constant.name + TILED not in constants:  # once, however many nodes take it
+            constants[constant.name + TILED] = numpy_helper.from_array(np.ascontiguousarray(np.broadcast_to(
+                numpy_helper.to_array(constant), [1, *dims])), constant.name + TILED)
+            model.graph.initializer.append(constants[constant.name + TILED])
+        node.input[-1] = constant.name + TILED
     used = {name for node in model.graph.node for name in node.input}
     kept = [t for t in model.graph.initializer if t.name in used]
     del model.graph.initializer[:]

@@ -80,16 +80,16 @@ def test_no_cpu_graphs_without_a_column_per_fold(tmp_path):
 
 
 def normalising_graph(height: int | str) -> onnx.ModelProto:
-    """uint8 image [N, height, 8, 3] -> (x / 255 - mean) / std, per channel -> * a per-channel gain (off the
-    image's path: it follows a Relu)."""
+    """uint8 image [N, height, 8, 3] -> (x / 255 - mean) / std - mean, per channel (mean taken twice) -> * a
+    per-channel gain (off the image's path: it follows a Relu)."""
     channel = [1, 1, 1, 3]
     inits = [numpy_helper.from_array(np.array(v, np.float32).reshape(shape), name) for v, shape, name in (
         (255, [], "full"), ([0.485, 0.456, 0.406], channel, "mean"), ([0.229, 0.224, 0.225], channel, "std"),
         ([1.5, 0.5, 2.0], channel, "gain"))]
     nodes = [helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
              helper.make_node("Div", ["f", "full"], ["x01"]), helper.make_node("Sub", ["x01", "mean"], ["centred"]),
-             helper.make_node("Div", ["centred", "std"], ["z"]), helper.make_node("Relu", ["z"], ["r"]),
-             helper.make_node("Mul", ["r", "gain"], ["out"])]
+             helper.make_node("Div", ["centred", "std"], ["d"]), helper.make_node("Sub", ["d", "mean"], ["z"]),
+             helper.make_node("Relu", ["z"], ["r"]), helper.make_node("Mul", ["r", "gain"], ["out"])]
     graph = helper.make_graph(nodes, "normalising",
                               [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", height, 8, 3])],
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", height, 8, 3])], inits)
@@ -101,6 +101,7 @@ def test_the_image_per_channel_constants_are_stored_at_the_image_shape_with_the_
 
     tiled = _tile_image_constants(normalising_graph(16))
     shapes = {t.name: list(t.dims) for t in tiled.graph.initializer}
+    assert len(shapes) == len(tiled.graph.initializer)  # a constant two nodes take is tiled once
     assert shapes == {"full": [], "mean" + TILED: [1, 16, 8, 3], "std" + TILED: [1, 16, 8, 3], "gain": [1, 1, 1, 3]}
     image = np.random.default_rng(0).integers(0, 256, (2, 16, 8, 3), dtype=np.uint8)
     answers = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
