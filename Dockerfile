@@ -33,7 +33,7 @@ COPY ${REQUIREMENTS}.cdx.json ./sbom.cdx.json
 COPY process.py ./
 COPY runtime/ ./runtime/
 # The runtime's byte code, compiled once here: PYTHONDONTWRITEBYTECODE keeps a job from writing it, so without it
-# every job would compile runtime/ again (13 ms of a cold start on a 2-core AMD EPYC Zen 4, docs/performance.md).
+# every job would compile runtime/ again, part of every cold start (docs/performance.md).
 RUN python -m compileall -q runtime
 COPY weights/ensemble.json weights/ensemble.onnx weights/ensemble.cpu.*.onnx ./weights/
 

@@ -65,7 +65,7 @@ class Forked:
     threads shared out between them. A call sends the batch to every worker and reads every reply before it
     raises the first error, so that no reply is left for the next call to read; a worker that ended is started
     again at the next call. onnxruntime is imported here, before the workers are forked: they inherit it instead of
-    each importing it after the fork (process.py's cold start: 3 % less wall time, docs/performance.md), and with
+    each importing it after the fork (process.py's cold start is shorter: docs/performance.md), and with
     no session built it runs no thread that a fork could cut off."""
 
     def __init__(self, files: list[Path], input_name: str, output_name: str, threads: int, n_workers: int,

@@ -22,8 +22,8 @@ from runtime.errors import ModelError
 
 # A CPU session runs 4 images at a time, whatever the batch: a run's float activations (the residual stream
 # around the int8 convolutions) then stay in the core's cache, and the answers are the same to the bit as one
-# run over the batch (each image's computation is its own). Measured on a 2-core AMD EPYC (Zen 4), one graph,
-# 16 pages, one thread: 0.29 CPU-s a warm run in runs of 4 vs 0.39 in one run of 16 (docs/performance.md).
+# run over the batch (each image's computation is its own). Runs of 1, 2, 4, 8 and 16 images were measured
+# (docs/performance.md, Candidates): 4 gave the fastest warm runs, its first run within the noise of the best.
 CPU_IMAGES_PER_RUN = 4
 
 

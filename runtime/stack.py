@@ -140,9 +140,9 @@ def read_stack(path: str | Path, size: int | None = PATCH_SIZE) -> np.ndarray:
 def _read_rgb8_tiff(path: Path, size: int | None) -> np.ndarray | None:
     """The pages of an 8-bit RGB TIFF as tifffile decodes them, the same pixels as SimpleITK's (:func:`check_tiff`
     walked it and found every page one ITK counts, stored as it shows it: ``Layout.rgb8``). tifffile loads in a
-    third of SimpleITK's time, which counts in the container's cold start (15 vs 50 ms on a 2-core AMD EPYC
-    Zen 4). None where it cannot decode them (a compression it has no codec for, a damaged strip): SimpleITK then
-    reads the file, and names any problem."""
+    third of SimpleITK's time, which counts in the container's cold start (docs/performance.md). None where it
+    cannot decode them (a compression it has no codec for, a damaged strip): SimpleITK then reads the file, and
+    names any problem."""
     import logging
 
     import tifffile
