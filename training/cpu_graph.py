@@ -51,10 +51,11 @@ def write_cpu_graphs(model_path: Path) -> list[Path]:
     source = model_path.read_bytes()
     if columns is None or not _point_at(fused, source, model_path.name):
         return []
+    _tile_image_constants(fused)  # after _point_at: these are the graphs' own, not the standard graph's bytes
     paths = []
     for i in range(len(columns.input)):
         path = model_path.parent / CPU_MODEL_FILES.format(i)
-        onnx.save(_tile_image_constants(_fold_graph(fused, columns, i)), str(path))
+        onnx.save(_fold_graph(fused, columns, i), str(path))
         paths.append(path)
     return paths
 
@@ -135,11 +136,12 @@ def _tile_image_constants(model: onnx.ModelProto) -> onnx.ModelProto:
         constant = constants.get(node.input[-1]) if len(node.input) == 2 else None
         if constant is None or list(constant.dims) != [1] * len(dims) + [dims[-1]]:
             continue
-        if constant.name + TILED not in constants:  # once, however many nodes take it
-            constants[constant.name + TILED] = numpy_helper.from_array(np.ascontiguousarray(np.broadcast_to(
-                numpy_helper.to_array(constant), [1, *dims])), constant.name + TILED)
-            model.graph.initializer.append(constants[constant.name + TILED])
-        node.input[-1] = constant.name + TILED
+        tiled = constant.name + TILED
+        if tiled not in constants:  # once, however many nodes take it
+            constants[tiled] = numpy_helper.from_array(np.ascontiguousarray(np.broadcast_to(
+                numpy_helper.to_array(constant), [1, *dims])), tiled)
+            model.graph.initializer.append(constants[tiled])
+        node.input[-1] = tiled
     used = {name for node in model.graph.node for name in node.input}
     kept = [t for t in model.graph.initializer if t.name in used]
     del model.graph.initializer[:]
